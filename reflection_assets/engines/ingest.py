@@ -1,0 +1,230 @@
+"""Ingesting a registered dataset: parse its source once per version into raw.source_rows,
+then point a shard at that version. Parsing the whole file happens once however many
+shards are materialized; a file that fails to parse writes nothing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+import polars as pl
+
+from reflection_assets.engines.datasets import DatasetSpec
+from reflection_assets.engines.sources import (
+    SourceError,
+    detect_format,
+    fingerprint_source,
+    read_source,
+    resolve_source,
+)
+from reflection_assets.engines.storage import Database
+from reflection_assets.method.records import (
+    NORMALIZATION_VERSION,
+    Record,
+    RejectReason,
+    reject_shard,
+    shard_of,
+    to_record,
+)
+
+SOURCE_ROW_SCHEMA = {
+    "shard": pl.Int32,
+    "source_row": pl.Int64,
+    "status": pl.Utf8,
+    "detail": pl.Utf8,
+    "record_id": pl.Utf8,
+    "instruction": pl.Utf8,
+    "input": pl.Utf8,
+    "output": pl.Utf8,
+}
+
+
+@dataclass(frozen=True)
+class StagedVersion:
+    dataset: str
+    version: str
+    source_path: str
+    source_sha256: str
+    format: str
+    rows_read: int
+    parsed_now: bool
+
+
+def classify_rows(
+    rows: list[tuple[int, object]],
+    field_map: dict[str, str],
+    shard_count: int,
+    max_record_chars: int,
+) -> pl.DataFrame:
+    """Every source row with its shard and status: ok, duplicate, or why it was rejected."""
+    out: dict[str, list] = {name: [] for name in SOURCE_ROW_SCHEMA}
+    first_row_of: dict[str, int] = {}
+    for source_row, row in rows:
+        result = to_record(row, field_map, max_record_chars)
+        if isinstance(result, Record):
+            first = first_row_of.setdefault(result.record_id, source_row)
+            status = "ok" if first == source_row else RejectReason.DUPLICATE
+            detail = None if status == "ok" else f"same record as row {first}"
+            values = (
+                shard_of(result.record_id, shard_count),
+                source_row,
+                status,
+                detail,
+                result.record_id,
+                result.instruction,
+                result.input,
+                result.output,
+            )
+        else:
+            values = (
+                reject_shard(source_row, shard_count),
+                source_row,
+                result.reason,
+                result.detail,
+                None,
+                None,
+                None,
+                None,
+            )
+        for name, value in zip(SOURCE_ROW_SCHEMA, values, strict=True):
+            out[name].append(value)
+    return pl.DataFrame(out, schema=SOURCE_ROW_SCHEMA).sort("shard", "source_row")
+
+
+def stage_version(
+    db: Database, spec: DatasetSpec, shard_count: int, max_record_chars: int
+) -> StagedVersion:
+    """Parse the dataset's source into raw.source_rows unless this version is already there."""
+    path = resolve_source(spec.source)
+    if not path.exists():
+        raise SourceError(f"{path}: no such file or folder (dataset {spec.name!r})")
+    fmt = spec.format or detect_format(path)
+    sha = fingerprint_source(path)
+    settings = json.dumps(
+        [sha, fmt, spec.field_map, shard_count, max_record_chars, NORMALIZATION_VERSION],
+        sort_keys=True,
+    )
+    version = hashlib.sha256(settings.encode()).hexdigest()[:16]
+    with db.connect() as con:
+        row = con.execute(
+            "SELECT rows_read FROM raw.source_versions WHERE dataset = ? AND version = ?",
+            [spec.name, version],
+        ).fetchone()
+    if row is not None:
+        return StagedVersion(spec.name, version, str(path), sha, fmt, row[0], parsed_now=False)
+
+    frame = classify_rows(read_source(path, fmt), spec.field_map, shard_count, max_record_chars)
+    frame = frame.with_columns(
+        pl.lit(spec.name).alias("dataset"), pl.lit(version).alias("version")
+    )
+    with db.transaction() as con:
+        # Another process may have staged the same version while this one parsed.
+        if con.execute(
+            "SELECT 1 FROM raw.source_versions WHERE dataset = ? AND version = ?",
+            [spec.name, version],
+        ).fetchone() is None:
+            con.execute(
+                """
+                INSERT INTO raw.source_rows
+                    (dataset, version, shard, source_row, status, detail, record_id,
+                     instruction, input, output)
+                SELECT dataset, version, shard, source_row, status, detail, record_id,
+                       instruction, input, output
+                FROM frame
+                """
+            )
+            con.execute(
+                """
+                INSERT INTO raw.source_versions
+                    (dataset, version, source, source_path, source_sha256, format,
+                     shard_count, rows_read)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                """,
+                [spec.name, version, spec.source, str(path), sha, fmt, shard_count, frame.height],
+            )
+    return StagedVersion(spec.name, version, str(path), sha, fmt, frame.height, parsed_now=True)
+
+
+def point_shard(db: Database, dataset: str, shard: int, version: str) -> None:
+    with db.connect() as con:
+        con.execute(
+            """
+            INSERT INTO raw.shard_versions (dataset, shard, version) VALUES (?, ?, ?)
+            ON CONFLICT (dataset, shard) DO UPDATE SET version = excluded.version,
+                materialized_at = now()
+            """,
+            [dataset, shard, version],
+        )
+
+
+def shard_fingerprint(db: Database, dataset: str, shard: int) -> str:
+    """Changes exactly when the shard's set of records changes: its Dagster data version."""
+    with db.connect() as con:
+        value = con.execute(
+            "SELECT md5(coalesce(string_agg(record_id, ',' ORDER BY record_id), '')) "
+            "FROM raw.records WHERE dataset = ? AND shard = ?",
+            [dataset, shard],
+        ).fetchone()[0]
+    return value[:16]
+
+
+@dataclass(frozen=True)
+class ShardSummary:
+    rows: int
+    rejects: dict[str, int]
+    length_stats: dict[str, dict[str, float]]
+    preview: pl.DataFrame
+    reject_preview: pl.DataFrame
+
+    @property
+    def rows_considered(self) -> int:
+        return self.rows + sum(self.rejects.values())
+
+    @property
+    def reject_share(self) -> float:
+        """Share of the shard's rows that were unusable; duplicates are not faults."""
+        faults = sum(n for reason, n in self.rejects.items() if reason != RejectReason.DUPLICATE)
+        considered = self.rows_considered
+        return faults / considered if considered else 0.0
+
+
+def shard_summary(db: Database, dataset: str, shard: int, preview_rows: int = 5) -> ShardSummary:
+    with db.connect() as con:
+        rows = con.execute(
+            "SELECT count(*) FROM raw.records WHERE dataset = ? AND shard = ?", [dataset, shard]
+        ).fetchone()[0]
+        rejects = dict(
+            con.execute(
+                "SELECT reason, count(*) FROM raw.rejects WHERE dataset = ? AND shard = ? "
+                "GROUP BY reason ORDER BY reason",
+                [dataset, shard],
+            ).fetchall()
+        )
+        stats = con.execute(
+            """
+            SELECT avg(length(instruction)), median(length(instruction)), max(length(instruction)),
+                   avg(length(input)), median(length(input)), max(length(input)),
+                   avg(length(output)), median(length(output)), max(length(output))
+            FROM raw.records WHERE dataset = ? AND shard = ?
+            """,
+            [dataset, shard],
+        ).fetchone()
+        preview = con.execute(
+            "SELECT record_id, source_row, instruction, input, output FROM raw.records "
+            "WHERE dataset = ? AND shard = ? ORDER BY source_row LIMIT ?",
+            [dataset, shard, preview_rows],
+        ).pl()
+        reject_preview = con.execute(
+            "SELECT source_row, reason, detail FROM raw.rejects "
+            "WHERE dataset = ? AND shard = ? ORDER BY source_row LIMIT ?",
+            [dataset, shard, preview_rows],
+        ).pl()
+    length_stats = {
+        field: {
+            "mean_chars": round(float(stats[i * 3] or 0), 1),
+            "median_chars": float(stats[i * 3 + 1] or 0),
+            "max_chars": int(stats[i * 3 + 2] or 0),
+        }
+        for i, field in enumerate(("instruction", "input", "output"))
+    }
+    return ShardSummary(rows, rejects, length_stats, preview, reject_preview)

@@ -1,0 +1,40 @@
+"""Settings read from the environment: where state lives and how records are sharded.
+
+Defaults sit under ./dagster_home; REFLECTION_DUCKDB, REFLECTION_ARTIFACTS and DAGSTER_HOME
+override them, for the CLI, the UI and the tests alike."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def dagster_home() -> Path:
+    return Path(os.environ.get("DAGSTER_HOME") or "dagster_home").expanduser().resolve()
+
+
+def default_database() -> str:
+    return str(Path(os.environ.get("REFLECTION_DUCKDB") or dagster_home() / "reflection.duckdb"))
+
+
+def default_artifacts() -> str:
+    return str(Path(os.environ.get("REFLECTION_ARTIFACTS") or dagster_home() / "artifacts"))
+
+
+DEFAULT_SHARDS = 16
+
+
+def shard_count() -> int:
+    """Shards per dataset (REFLECTION_SHARDS, default 16: ~3,250 records each for 52k).
+
+    Partition keys are fixed when the definitions load, so this is read once per process.
+    Changing it reassigns records to shards: re-materialize raw_dataset afterwards.
+    """
+    raw = os.environ.get("REFLECTION_SHARDS") or str(DEFAULT_SHARDS)
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"REFLECTION_SHARDS={raw!r}: expected a whole number from 1 to 1024") from None
+    if not 1 <= value <= 1024:
+        raise ValueError(f"REFLECTION_SHARDS={raw!r}: expected a whole number from 1 to 1024")
+    return value

@@ -1,0 +1,135 @@
+"""Headless materialization: what the UI would launch, run in this process against the same
+Dagster instance and database. `reflection run` and the main job are built on it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+
+import dagster as dg
+
+from reflection_assets.assets.partitions import DATASETS, SHARDS, record_partition_key
+from reflection_assets.engines.settings import dagster_home
+
+
+class RunRequestError(Exception):
+    """A `reflection run` request that names something that does not exist."""
+
+
+@dataclass
+class RunOutcome:
+    dataset: str
+    shard: str | None
+    run_id: str
+    success: bool
+    error: str | None = None
+    rows: dict[str, int] = field(default_factory=dict)  # asset -> dagster/row_count
+    failed_checks: list[str] = field(default_factory=list)
+
+
+def ensure_instance() -> dg.DagsterInstance:
+    """The instance in $DAGSTER_HOME (default ./dagster_home), created with the project's
+    dagster.yaml when the folder has none."""
+    home = dagster_home()
+    home.mkdir(parents=True, exist_ok=True)
+    os.environ["DAGSTER_HOME"] = str(home)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        template = resources.files("reflection_assets") / "instance" / "dagster.yaml"
+        shutil.copyfile(str(template), config)
+    return dg.DagsterInstance.get()
+
+
+def sync_dataset_partitions(instance: dg.DagsterInstance, names: Sequence[str]) -> None:
+    """Registered datasets are partitions of the `dataset` dimension."""
+    existing = set(instance.get_dynamic_partitions(DATASETS.name))
+    missing = [n for n in names if n not in existing]
+    if missing:
+        instance.add_dynamic_partitions(DATASETS.name, missing)
+
+
+def resolve_selection(
+    defs: dg.Definitions, select: Sequence[str] | None, upstream: bool
+) -> list[dg.AssetKey]:
+    graph = defs.resolve_asset_graph()
+    known = {key.to_user_string(): key for key in graph.materializable_asset_keys}
+    if not select:
+        return sorted(known.values(), key=lambda k: k.to_user_string())
+    unknown = [name for name in select if name not in known]
+    if unknown:
+        raise RunRequestError(
+            f"unknown asset(s) {', '.join(unknown)}; assets are {', '.join(sorted(known))}"
+        )
+    selection = dg.AssetSelection.assets(*(known[name] for name in select))
+    if upstream:
+        selection = selection.upstream()
+    return sorted(selection.resolve(graph), key=lambda k: k.to_user_string())
+
+
+def _failure_message(result: dg.ExecuteInProcessResult) -> str:
+    messages = []
+    for event in result.all_events:
+        if event.is_step_failure and event.step_failure_data:
+            error = event.step_failure_data.error
+            user_error = error.cause if error and error.cause else error
+            text = (user_error.message if user_error else "unknown error").strip()
+            messages.append(f"{event.step_key}: {text}")
+    return "; ".join(messages) or "the run failed"
+
+
+def _collect(result: dg.ExecuteInProcessResult, outcome: RunOutcome) -> None:
+    for event in result.all_events:
+        if event.is_step_materialization:
+            mat = event.step_materialization_data.materialization
+            rows = mat.metadata.get("dagster/row_count")
+            if rows is not None:
+                outcome.rows[mat.asset_key.to_user_string()] = int(rows.value)
+    for evaluation in result.get_asset_check_evaluations():
+        if not evaluation.passed:
+            outcome.failed_checks.append(
+                f"{evaluation.asset_key.to_user_string()}:{evaluation.check_name}"
+            )
+
+
+def run_record_partitions(
+    instance: dg.DagsterInstance,
+    defs: dg.Definitions,
+    job_name: str,
+    keys: Sequence[dg.AssetKey],
+    dataset: str,
+    shards: Sequence[str] | None,
+    log_level: str = "INFO",
+    asset_config: Mapping[str, Mapping[str, object]] | None = None,
+) -> list[RunOutcome]:
+    """One run per shard of `dataset`, each materializing `keys` in graph order."""
+    all_shards = SHARDS.get_partition_keys()
+    wanted = list(shards) if shards else all_shards
+    bad = [s for s in wanted if s not in all_shards]
+    if bad:
+        raise RunRequestError(
+            f"unknown shard(s) {', '.join(bad)}; shards are {all_shards[0]}..{all_shards[-1]}"
+        )
+    job = defs.resolve_job_def(job_name)
+    run_config: dict[str, object] = {"loggers": {"console": {"config": {"log_level": log_level}}}}
+    if asset_config:
+        run_config["ops"] = {name: {"config": dict(cfg)} for name, cfg in asset_config.items()}
+    outcomes = []
+    for shard in wanted:
+        result = job.execute_in_process(
+            instance=instance,
+            partition_key=record_partition_key(dataset, shard),
+            asset_selection=list(keys),
+            raise_on_error=False,
+            tags={"reflection/launched_by": "cli"},
+            run_config=run_config,
+        )
+        outcome = RunOutcome(dataset, shard, result.run_id, result.success)
+        if not result.success:
+            outcome.error = _failure_message(result)
+        _collect(result, outcome)
+        outcomes.append(outcome)
+    return outcomes
+

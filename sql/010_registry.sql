@@ -1,0 +1,10 @@
+-- Datasets the user registered with `reflection datasets add NAME SOURCE`.
+-- Each name is also a partition of the `dataset` dimension in the Dagster instance.
+CREATE TABLE IF NOT EXISTS registry.datasets (
+    name        VARCHAR PRIMARY KEY,
+    source      VARCHAR NOT NULL,   -- a path, or bundled:NAME for files shipped in the package
+    format      VARCHAR,            -- json, jsonl, csv, parquet, hf; NULL = detect from the path
+    field_map   VARCHAR NOT NULL DEFAULT '{}',  -- JSON {"instruction": "column", ...}
+    added_at    TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    updated_at  TIMESTAMP NOT NULL DEFAULT current_timestamp
+);

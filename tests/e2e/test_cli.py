@@ -1,0 +1,80 @@
+"""The `reflection` command as a user runs it: a subprocess against a temporary home."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+
+from tests.conftest import alpaca_rows, write_json
+
+BIN = Path(sys.executable).parent
+
+
+def reflection(*args: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(BIN / "reflection"), *args], capture_output=True, text=True, env=env, timeout=300
+    )
+
+
+def make_env(home: Path) -> dict:
+    env = dict(os.environ, DAGSTER_HOME=str(home), REFLECTION_SHARDS="4")
+    env.pop("REFLECTION_DUCKDB", None)
+    return env
+
+
+def test_register_list_and_run_one_shard(tmp_path):
+    home = tmp_path / "home"  # created by the command, dagster.yaml included
+    env = make_env(home)
+    source = write_json(tmp_path / "d.json", alpaca_rows(30))
+    added = reflection("datasets", "add", "demo", str(source), env=env)
+    assert added.returncode == 0, added.stderr
+    assert (home / "dagster.yaml").exists()
+    listed = reflection("datasets", "list", env=env)
+    assert "demo" in listed.stdout and str(source) in listed.stdout
+    run = reflection("run", "--dataset", "demo", "--shard", "01", env=env)
+    assert run.returncode == 0, run.stderr
+    assert "1 of 1 runs succeeded" in run.stdout and "raw_dataset:" in run.stdout
+    with duckdb.connect(str(home / "reflection.duckdb")) as con:
+        assert con.execute("SELECT DISTINCT shard FROM raw.records").fetchall() == [(1,)]
+
+
+def test_database_and_artifacts_paths_are_overridable(tmp_path):
+    env = make_env(tmp_path / "home")
+    env["REFLECTION_DUCKDB"] = str(tmp_path / "elsewhere" / "db.duckdb")
+    source = write_json(tmp_path / "d.json", alpaca_rows(5))
+    assert reflection("datasets", "add", "demo", str(source), env=env).returncode == 0
+    assert reflection("run", "--shard", "00", env=env).returncode == 0
+    assert (tmp_path / "elsewhere" / "db.duckdb").exists()
+    assert not (tmp_path / "home" / "reflection.duckdb").exists()
+
+
+def test_user_errors_are_one_clear_line(tmp_path):
+    env = make_env(tmp_path / "home")
+    missing = reflection("datasets", "add", "demo", str(tmp_path / "nope.json"), env=env)
+    assert missing.returncode == 2 and "nope.json: no such file or folder" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    bad_name = reflection("datasets", "add", "a|b", str(tmp_path), env=env)
+    assert bad_name.returncode == 2 and "dataset name 'a|b'" in bad_name.stderr
+    unknown = reflection("run", "--dataset", "ghost", env=env)
+    assert unknown.returncode == 2 and "'ghost' is not registered" in unknown.stderr
+    source = write_json(tmp_path / "d.json", alpaca_rows(5))
+    assert reflection("datasets", "add", "demo", str(source), env=env).returncode == 0
+    other = write_json(tmp_path / "e.json", alpaca_rows(6))
+    clash = reflection("datasets", "add", "demo", str(other), env=env)
+    assert clash.returncode == 2 and "--replace" in clash.stderr
+    bad_select = reflection("run", "--select", "nope", env=env)
+    assert bad_select.returncode == 2 and "unknown asset(s) nope" in bad_select.stderr
+    bad_shard = reflection("run", "--shard", "99", env=env)
+    assert bad_shard.returncode == 2 and "unknown shard(s) 99" in bad_shard.stderr
+
+
+def test_a_failing_run_exits_non_zero_and_says_why(tmp_path):
+    env = make_env(tmp_path / "home")
+    source = tmp_path / "broken.jsonl"
+    source.write_text('{"instruction": "a", "output": "b"}\n{"instruction": \n')
+    assert reflection("datasets", "add", "broken", str(source), env=env).returncode == 0
+    run = reflection("run", "--dataset", "broken", "--shard", "00", env=env)
+    assert run.returncode == 1
+    assert "FAILED broken|00" in run.stdout and f"{source}: line 2" in run.stdout
