@@ -94,6 +94,50 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if all(o.success for o in outcomes) else 1
 
 
+def _oracle_resource(judge: bool):
+    from reflection_assets.assets.resources import JudgeResource, OracleResource
+
+    return JudgeResource() if judge else OracleResource()
+
+
+def cmd_oracle_info(args: argparse.Namespace) -> int:
+    settings = _oracle_resource(args.judge).settings()
+    for name, value in settings.described().items():
+        print(f"{name:<22}{value}")
+    print(f"{'api_key':<22}{'set' if settings.api_key else 'not set'}")
+    with _storage().db().connect() as con:
+        rows = con.execute(
+            "SELECT fingerprint, model, replies, prompt_tokens + completion_tokens, cost_usd "
+            "FROM oracle.spend ORDER BY model, fingerprint"
+        ).fetchall()
+    if rows:
+        print("\ncached replies by fingerprint:")
+        for fingerprint, model, replies, tokens, cost in rows:
+            print(f"  {fingerprint}  {model:<30} {replies:>8} replies {tokens:>12,} tokens  ${cost:.4f}")
+    return 0
+
+
+def cmd_oracle_ask(args: argparse.Namespace) -> int:
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    resource = _oracle_resource(args.judge)
+    client = resource.client(_storage())
+    messages = ([("system", args.system)] if args.system else []) + [("user", args.text)]
+    [reply] = list(client.complete_many([client.request(messages, "ask")]))
+    if not reply.ok:
+        print(f"reflection: the oracle failed ({reply.error_kind}): {reply.error}", file=sys.stderr)
+        return 1
+    print(reply.text)
+    print(
+        f"\n[{'cached' if reply.cached else 'sent'}; finish {reply.finish_reason}; "
+        f"{reply.prompt_tokens}+{reply.completion_tokens} tokens; ${reply.cost_usd:.6f}; "
+        f"fingerprint {reply.fingerprint}]",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="reflection",
@@ -133,6 +177,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     run.set_defaults(func=cmd_run)
+
+    oracle = sub.add_parser("oracle", help="inspect and try the oracle (or judge) settings")
+    osub = oracle.add_subparsers(dest="oracle_command", required=True)
+    info = osub.add_parser("info", help="effective settings (never the key) and cached spend")
+    info.add_argument("--judge", action="store_true", help="the judge's settings instead")
+    info.set_defaults(func=cmd_oracle_info)
+    ask = osub.add_parser("ask", help="send one prompt through the client (cached like any other)")
+    ask.add_argument("text")
+    ask.add_argument("--system", help="a system message")
+    ask.add_argument("--judge", action="store_true", help="ask the judge instead")
+    ask.set_defaults(func=cmd_oracle_ask)
     return parser
 
 

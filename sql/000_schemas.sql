@@ -1,3 +1,4 @@
 -- One schema per stage of the pipeline. Applied on every first connection: idempotent.
 CREATE SCHEMA IF NOT EXISTS registry;
 CREATE SCHEMA IF NOT EXISTS raw;
+CREATE SCHEMA IF NOT EXISTS oracle;

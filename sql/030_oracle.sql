@@ -1,0 +1,41 @@
+-- The oracle's request cache and call log. A reply is stored, keyed by the sha256 of its
+-- canonical request, before anyone parses it: a request found here is never sent again.
+
+CREATE TABLE IF NOT EXISTS oracle.replies (
+    request_key        VARCHAR PRIMARY KEY,
+    fingerprint        VARCHAR NOT NULL,   -- backend, model, sampling, prompt version
+    backend            VARCHAR NOT NULL,
+    model              VARCHAR NOT NULL,
+    prompt_version     VARCHAR NOT NULL,
+    request_json       VARCHAR NOT NULL,   -- the canonical request (no API key, no URL)
+    reply_text         VARCHAR NOT NULL,
+    finish_reason      VARCHAR,            -- 'length' means truncated by max_tokens
+    prompt_tokens      INTEGER NOT NULL,
+    completion_tokens  INTEGER NOT NULL,
+    cost_usd           DOUBLE NOT NULL,
+    latency_s          DOUBLE NOT NULL,
+    attempts           INTEGER NOT NULL,
+    created_at         TIMESTAMP NOT NULL DEFAULT current_timestamp
+);
+
+-- Requests that got no reply: permanent errors, retries exhausted, stopped by the budget.
+-- They are asked again on a later run; this log says what happened each time.
+CREATE TABLE IF NOT EXISTS oracle.failures (
+    request_key  VARCHAR NOT NULL,
+    fingerprint  VARCHAR NOT NULL,
+    backend      VARCHAR NOT NULL,
+    model        VARCHAR NOT NULL,
+    error_kind   VARCHAR NOT NULL,   -- permanent, transient, budget
+    status       INTEGER,            -- HTTP status when there was one
+    message      VARCHAR NOT NULL,
+    attempts     INTEGER NOT NULL,
+    created_at   TIMESTAMP NOT NULL DEFAULT current_timestamp
+);
+
+-- Spend per oracle fingerprint, for status and budgets.
+CREATE OR REPLACE VIEW oracle.spend AS
+SELECT fingerprint, backend, model, count(*) AS replies,
+       sum(prompt_tokens) AS prompt_tokens, sum(completion_tokens) AS completion_tokens,
+       sum(cost_usd) AS cost_usd, count(*) FILTER (WHERE finish_reason = 'length') AS truncated
+FROM oracle.replies
+GROUP BY ALL;

@@ -1,0 +1,200 @@
+"""A real OpenAI-compatible chat-completions server on 127.0.0.1 for tests and benchmarks.
+
+It answers POST /v1/chat/completions, can add latency (with jitter) and a server-side
+concurrency cap (extra requests queue, as vLLM's do), and injects faults through a `plan`:
+a function of (body, nth time this exact body arrived) returning an action:
+    "ok" | "length" | "drop" | "malformed" | ("status", code, message[, retry_after])
+`latency_for(body)` may give one request a latency of its own. It counts what it received
+and stops itself when the `with` block ends."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+
+from aiohttp import web
+
+Plan = Callable[[dict, int], object]
+
+
+def default_reply(body: dict) -> str:
+    last = body["messages"][-1]["content"]
+    return f"reply to: {last[:60]}"
+
+
+def body_key(body: dict) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+class FakeOpenAI:
+    def __init__(
+        self,
+        latency_s: float = 0.0,
+        jitter_s: float = 0.0,
+        max_concurrency: int | None = None,
+        plan: Plan | None = None,
+        responder: Callable[[dict], str] = default_reply,
+        seed: int = 0,
+        latency_for: Callable[[dict], float | None] | None = None,
+    ):
+        self.latency_s = latency_s
+        self.jitter_s = jitter_s
+        self.max_concurrency = max_concurrency
+        self.plan = plan or (lambda body, nth: "ok")
+        self.responder = responder
+        self.latency_for = latency_for  # a per-request latency overriding latency_s
+        self.random = random.Random(seed)
+        self.received: list[dict] = []  # every request body, in arrival order
+        self.by_body: Counter[str] = Counter()
+        self.headers: list[dict] = []
+        self.answered = 0  # 200 replies with a valid body
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        self._lock = threading.Lock()
+        self.port = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def request_count(self) -> int:
+        return len(self.received)
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        with self._lock:
+            self.received.append(body)
+            self.headers.append(dict(request.headers))
+            key = body_key(body)
+            self.by_body[key] += 1
+            nth = self.by_body[key]
+            delay = self.latency_s + (self.random.uniform(-self.jitter_s, self.jitter_s) if self.jitter_s else 0)
+        action = self.plan(body, nth)
+        special = self.latency_for(body) if self.latency_for else None
+        if special is not None:
+            delay = special
+        if self._slots is not None:
+            await self._slots.acquire()
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            if delay > 0:
+                await asyncio.sleep(delay)
+            return self._respond(request, body, action)
+        finally:
+            self.in_flight -= 1
+            if self._slots is not None:
+                self._slots.release()
+
+    def _respond(self, request: web.Request, body: dict, action: object) -> web.StreamResponse:
+        if isinstance(action, tuple) and action[0] == "status":
+            code, message = action[1], action[2]
+            headers = {"retry-after": str(action[3])} if len(action) > 3 else {}
+            error = {"error": {"message": message, "type": "fake_error", "code": code}}
+            return web.json_response(error, status=code, headers=headers)
+        if action == "drop":
+            assert request.transport is not None
+            request.transport.abort()  # the client sees the connection reset
+            return web.Response(status=500)
+        if action == "malformed":
+            return web.Response(text='{"id": "x", "choices": [', content_type="application/json")
+        text = self.responder(body)
+        finish = "stop"
+        if action == "length":
+            text, finish = text[: max(1, len(text) // 2)], "length"
+        prompt_tokens = sum(len(m["content"]) for m in body["messages"]) // 4 + 1
+        with self._lock:
+            self.answered += 1
+        return web.json_response(
+            {
+                "id": f"chatcmpl-{self.answered}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body["model"],
+                "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
+                ],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": len(text) // 4 + 1,
+                    "total_tokens": prompt_tokens + len(text) // 4 + 1,
+                },
+            }
+        )
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {"received": self.request_count, "answered": self.answered, "peak_in_flight": self.peak_in_flight}
+        )
+
+    async def _serve(self) -> None:
+        self._stop = asyncio.Event()
+        self._slots = asyncio.Semaphore(self.max_concurrency) if self.max_concurrency else None
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._handle)
+        app.router.add_get("/stats", self._stats)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=4096)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._ready.set()
+        await self._stop.wait()
+        await runner.cleanup()
+
+    def __enter__(self) -> "FakeOpenAI":
+        def run() -> None:
+            self._loop = asyncio.new_event_loop()
+            self._loop.run_until_complete(self._serve())
+            self._loop.close()
+
+        self._thread = threading.Thread(target=run, name="fake-openai", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("the fake OpenAI server did not start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        if self._thread is not None:
+            self._thread.join(10)
+
+
+def main() -> None:
+    """Serve from a process of its own (benchmarks): prints the port, runs until stdin closes."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--latency", type=float, default=0.2)
+    parser.add_argument("--jitter", type=float, default=0.0)
+    parser.add_argument("--cap", type=int, default=None, help="server-side concurrency cap")
+    parser.add_argument("--rate-429", type=float, default=0.0, help="share of requests answered 429")
+    parser.add_argument("--retry-after", type=float, default=0.5)
+    args = parser.parse_args()
+    rng = random.Random(1)
+
+    def plan(body: dict, nth: int) -> object:
+        if args.rate_429 and rng.random() < args.rate_429:
+            return ("status", 429, "rate limit reached", args.retry_after)
+        return "ok"
+
+    with FakeOpenAI(latency_s=args.latency, jitter_s=args.jitter, max_concurrency=args.cap, plan=plan) as server:
+        print(server.port, flush=True)
+        sys.stdin.read()
+
+
+if __name__ == "__main__":
+    main()
