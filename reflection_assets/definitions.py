@@ -7,10 +7,11 @@ import dagster as dg
 
 from reflection_assets.assets.partitions import RECORD_PARTITIONS
 from reflection_assets.assets.raw import raw_dataset
-from reflection_assets.assets.resources import StorageResource
+from reflection_assets.assets.reflection import recycled_dataset, reflected_instructions, reflected_responses
+from reflection_assets.assets.resources import OracleResource, StorageResource
 
 # Assets partitioned by dataset x shard, in graph order.
-RECORD_ASSETS = [raw_dataset]
+RECORD_ASSETS = [raw_dataset, reflected_instructions, reflected_responses, recycled_dataset]
 
 recycle_shards = dg.define_asset_job(
     "recycle_shards",
@@ -24,5 +25,5 @@ JOB_FOR_PARTITIONS = {RECORD_PARTITIONS: recycle_shards.name}
 defs = dg.Definitions(
     assets=[*RECORD_ASSETS],
     jobs=[recycle_shards],
-    resources={"storage": StorageResource()},
+    resources={"storage": StorageResource(), "oracle": OracleResource()},
 )

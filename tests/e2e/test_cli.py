@@ -33,7 +33,7 @@ def test_register_list_and_run_one_shard(tmp_path):
     assert (home / "dagster.yaml").exists()
     listed = reflection("datasets", "list", env=env)
     assert "demo" in listed.stdout and str(source) in listed.stdout
-    run = reflection("run", "--dataset", "demo", "--shard", "01", env=env)
+    run = reflection("run", "--dataset", "demo", "--select", "raw_dataset", "--shard", "01", env=env)
     assert run.returncode == 0, run.stderr
     assert "1 of 1 runs succeeded" in run.stdout and "raw_dataset:" in run.stdout
     with duckdb.connect(str(home / "reflection.duckdb")) as con:
@@ -45,7 +45,7 @@ def test_database_and_artifacts_paths_are_overridable(tmp_path):
     env["REFLECTION_DUCKDB"] = str(tmp_path / "elsewhere" / "db.duckdb")
     source = write_json(tmp_path / "d.json", alpaca_rows(5))
     assert reflection("datasets", "add", "demo", str(source), env=env).returncode == 0
-    assert reflection("run", "--shard", "00", env=env).returncode == 0
+    assert reflection("run", "--select", "raw_dataset", "--shard", "00", env=env).returncode == 0
     assert (tmp_path / "elsewhere" / "db.duckdb").exists()
     assert not (tmp_path / "home" / "reflection.duckdb").exists()
 
@@ -75,7 +75,7 @@ def test_a_failing_run_exits_non_zero_and_says_why(tmp_path):
     source = tmp_path / "broken.jsonl"
     source.write_text('{"instruction": "a", "output": "b"}\n{"instruction": \n')
     assert reflection("datasets", "add", "broken", str(source), env=env).returncode == 0
-    run = reflection("run", "--dataset", "broken", "--shard", "00", env=env)
+    run = reflection("run", "--dataset", "broken", "--select", "raw_dataset", "--shard", "00", env=env)
     assert run.returncode == 1
     assert "FAILED broken|00" in run.stdout and f"{source}: line 2" in run.stdout
 

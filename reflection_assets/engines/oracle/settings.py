@@ -11,6 +11,8 @@ from reflection_assets.method.requests import SamplingSettings
 BACKENDS = ("local", "openai")
 EMBEDDED_MODEL = "SmolLM2-135M-Instruct"
 ORACLE_PREFIX = "REFLECTION_ORACLE_"
+DEFAULT_MAX_TOKENS = 2048
+DEFAULT_MAX_TOKENS_LOCAL = 256
 JUDGE_PREFIX = "REFLECTION_JUDGE_"
 
 
@@ -21,7 +23,7 @@ class OracleSettings:
     base_url: str | None = None
     api_key: str | None = field(default=None, repr=False)  # never printed
     temperature: float = 0.0
-    max_tokens: int = 2048
+    max_tokens: int | None = None  # 2048 (the paper's) for endpoints, 256 for the embedded model
     seed: int | None = None
     timeout_s: float = 120.0
     max_concurrency: int = 32
@@ -38,6 +40,11 @@ class OracleSettings:
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ValueError(f"oracle backend {self.backend!r}: expected one of {', '.join(BACKENDS)}")
+        if self.max_tokens is None:
+            # The embedded model often loops until the limit; at ~110 tokens/s on 2 cores
+            # 2,048 tokens a reply would make the sample take an hour.
+            default = DEFAULT_MAX_TOKENS_LOCAL if self.backend == "local" else DEFAULT_MAX_TOKENS
+            object.__setattr__(self, "max_tokens", default)
         if self.backend == "openai" and not self.model:
             raise ValueError("the openai backend needs a model name (REFLECTION_ORACLE_MODEL)")
         for name in ("max_tokens", "max_concurrency", "batch_size"):
@@ -48,7 +55,7 @@ class OracleSettings:
 
     @property
     def sampling(self) -> SamplingSettings:
-        return SamplingSettings(self.backend, self.model, self.temperature, self.max_tokens, self.seed)
+        return SamplingSettings(self.backend, self.model, self.temperature, self.max_tokens or 0, self.seed)
 
     def fingerprint(self, prompt_version: str) -> str:
         return self.sampling.fingerprint(prompt_version)

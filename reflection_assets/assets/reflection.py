@@ -1,0 +1,262 @@
+"""The reflection stages: reflected_instructions, reflected_responses, recycled_dataset."""
+
+from collections import Counter
+from typing import Literal
+
+import dagster as dg
+import polars as pl
+
+from reflection_assets.assets.metadata import markdown_table
+from reflection_assets.assets.partitions import RECORD_PARTITIONS, dataset_and_shard
+from reflection_assets.assets.raw import raw_dataset
+from reflection_assets.assets.resources import DUCKDB_POOL, OWNER, OracleResource, StorageResource
+from reflection_assets.engines.oracle.client import OracleClient
+from reflection_assets.engines.reflection import PhaseResult, reflect_instructions, reflect_responses
+from reflection_assets.engines.reflection_store import (
+    ReflectionInputError,
+    instruction_reflected_pairs,
+    raw_pairs,
+    write_instruction_results,
+    write_recycled,
+    write_response_results,
+)
+from reflection_assets.engines.storage import Database
+from reflection_assets.method.parsing import ALL_OUTCOMES
+from reflection_assets.method import prompts
+from reflection_assets.method.prompts import BETTER_ANSWER, NEW_ANSWER, NEW_INSTRUCTION
+
+HEALTH_CHECKS = [
+    ("ok_share", "The share of replies that parsed (after repair) is at least min_ok_share."),
+    ("no_empty_replacements", "No record was replaced by empty text."),
+    ("no_pair_mixing", "A pair is replaced as a whole: never a new instruction with an old answer."),
+]
+
+
+def _check_specs(asset: str) -> list[dg.AssetCheckSpec]:
+    return [dg.AssetCheckSpec(name, asset=asset, description=text) for name, text in HEALTH_CHECKS]
+
+
+class ReflectionConfig(dg.Config):
+    repair: bool = True
+    """Give a reply that failed to parse one follow-up call that says what was wrong."""
+    min_ok_share: float = 0.5
+    """The ok_share check's floor."""
+    ok_share_severity: Literal["auto", "WARN", "ERROR"] = "auto"
+    """auto: WARN on the embedded model (a weak rewriter), ERROR on any other oracle."""
+
+
+class ResponseReflectionConfig(ReflectionConfig):
+    also_original: bool = False
+    """Also reflect the original pair's response (variant 'original'): needed by the
+    response-only recycling mode and by student-selected recycling."""
+
+
+class RecycleConfig(dg.Config):
+    mode: Literal["chain", "instruction", "response"] = "chain"
+    """chain: phase 2 on phase 1's pair (V1's Recycled sets); instruction: phase 1 only;
+    response: phase 2 on the original pair (needs reflected_responses also_original)."""
+
+
+def _phase_metadata(results: list[PhaseResult], client: OracleClient, before_after: dict[str, tuple[str, str]]):
+    outcomes = Counter(r.outcome for r in results)
+    replaced = [r for r in results if r.ok]
+    preview_rows = []
+    lengths: dict[str, list[int]] = {f"{side}_{field}": [] for side in ("before", "after") for field in before_after}
+    for r in replaced:
+        row = {"record_id": r.pair.record_id}
+        for field, (old_attr, section) in before_after.items():
+            old, new = getattr(r.pair, old_attr), r.sections[section]
+            lengths[f"before_{field}"].append(len(old))
+            lengths[f"after_{field}"].append(len(new))
+            row[f"{field} before"], row[f"{field} after"] = old, new
+        preview_rows.append(row)
+    mean = {k: round(sum(v) / len(v), 1) if v else 0.0 for k, v in lengths.items()}
+    return {
+        "dagster/row_count": len(results),
+        "outcomes": {name: outcomes.get(name, 0) for name in ALL_OUTCOMES},
+        "replaced": len(replaced),
+        "repaired": sum(r.repaired for r in results),
+        "ok_share": len(replaced) / len(results) if results else 0.0,
+        "mean_chars_of_replaced": mean,
+        "prompt_tokens": sum(r.prompt_tokens for r in results),
+        "completion_tokens": sum(r.completion_tokens for r in results),
+        "cost_usd": round(sum(r.cost_usd for r in results), 6),
+        "oracle/fingerprint": client.fingerprint(prompts.PROMPT_VERSION),
+        "oracle/model": client.settings.model,
+        "prompt_version": prompts.PROMPT_VERSION,
+        "preview": markdown_table(pl.DataFrame(preview_rows[:5]) if preview_rows else pl.DataFrame()),
+        **client.stats.as_metadata(),
+    }
+
+
+def _health_checks(
+    db: Database, view: str, dataset: str, shard: int, config: ReflectionConfig, client: OracleClient
+) -> list[dg.AssetCheckResult]:
+    with db.connect() as con:
+        row = con.execute(
+            f"SELECT rows, ok, empty_replacements, mixed_pairs FROM {view} WHERE dataset = ? AND shard = ?",
+            [dataset, shard],
+        ).fetchone()
+    rows, ok, empty, mixed = row or (0, 0, 0, 0)
+    share = ok / rows if rows else 1.0
+    severity = config.ok_share_severity
+    if severity == "auto":
+        severity = "WARN" if client.settings.backend == "local" else "ERROR"
+    return [
+        dg.AssetCheckResult(
+            check_name="ok_share",
+            passed=share >= config.min_ok_share,
+            severity=dg.AssetCheckSeverity(severity),
+            metadata={"ok_share": share, "min_ok_share": config.min_ok_share},
+            description=f"{share:.0%} of replies usable (floor {config.min_ok_share:.0%})",
+        ),
+        dg.AssetCheckResult(check_name="no_empty_replacements", passed=empty == 0, metadata={"empty": empty}),
+        dg.AssetCheckResult(check_name="no_pair_mixing", passed=mixed == 0, metadata={"mixed_pairs": mixed}),
+    ]
+
+
+@dg.asset(
+    partitions_def=RECORD_PARTITIONS,
+    deps=[raw_dataset],
+    pool=DUCKDB_POOL,
+    group_name="reflection",
+    kinds={"duckdb", "openai"},
+    owners=[OWNER],
+    tags={"stage": "reflection"},
+    code_version=prompts.PROMPT_VERSION,
+    check_specs=_check_specs("reflected_instructions"),
+)
+def reflected_instructions(
+    context: dg.AssetExecutionContext,
+    config: ReflectionConfig,
+    storage: StorageResource,
+    oracle: OracleResource,
+) -> dg.MaterializeResult:
+    """Phase 1 of Reflection-Tuning for one shard: the oracle critiques each instruction on
+    five criteria and its answer on four, then writes a harder, self-contained instruction
+    and its answer. A record is replaced as a whole (new instruction and new answer) or
+    kept; every reply's outcome and reason is recorded. Table: reflect.instructions."""
+    dataset, shard = dataset_and_shard(context)
+    db = storage.db()
+    client = oracle.client(storage, context.log)
+    pairs = raw_pairs(db, dataset, shard)
+    results = reflect_instructions(client, pairs, config.repair)
+    write_instruction_results(db, dataset, shard, results, client.fingerprint(prompts.PROMPT_VERSION), prompts.PROMPT_VERSION)
+    metadata = _phase_metadata(
+        results, client, {"instruction": ("instruction", NEW_INSTRUCTION), "output": ("output", NEW_ANSWER)}
+    )
+    return dg.MaterializeResult(
+        metadata=metadata,
+        check_results=_health_checks(db, "reflect.instruction_health", dataset, shard, config, client),
+    )
+
+
+@dg.asset(
+    partitions_def=RECORD_PARTITIONS,
+    deps=[reflected_instructions],
+    pool=DUCKDB_POOL,
+    group_name="reflection",
+    kinds={"duckdb", "openai"},
+    owners=[OWNER],
+    tags={"stage": "reflection"},
+    code_version=prompts.PROMPT_VERSION,
+    check_specs=_check_specs("reflected_responses"),
+)
+def reflected_responses(
+    context: dg.AssetExecutionContext,
+    config: ResponseReflectionConfig,
+    storage: StorageResource,
+    oracle: OracleResource,
+) -> dg.MaterializeResult:
+    """Phase 2 of Reflection-Tuning for one shard: the oracle critiques each answer on four
+    criteria and writes a better one, for the pair phase 1 produced (variant `chain`, as
+    V1's Recycled sets) and, with also_original, for the original pair (variant
+    `original`). Table: reflect.responses."""
+    dataset, shard = dataset_and_shard(context)
+    db = storage.db()
+    client = oracle.client(storage, context.log)
+    try:
+        chain_pairs, reflected = instruction_reflected_pairs(db, dataset, shard)
+    except ReflectionInputError as exc:
+        raise dg.Failure(description=str(exc)) from None
+    variants = {"chain": (chain_pairs, reflected)}
+    if config.also_original:
+        variants["original"] = (raw_pairs(db, dataset, shard), set())
+    # Both variants go to the oracle together; where phase 1 kept a pair, they are the
+    # same request and are paid once.
+    all_results = reflect_responses(client, [p for pairs, _ in variants.values() for p in pairs], config.repair)
+    by_variant, start = {}, 0
+    for name, (pairs, ids) in variants.items():
+        by_variant[name] = (all_results[start : start + len(pairs)], ids)
+        start += len(pairs)
+    write_response_results(db, dataset, shard, by_variant, client.fingerprint(prompts.PROMPT_VERSION), prompts.PROMPT_VERSION)
+    metadata = _phase_metadata(by_variant["chain"][0], client, {"output": ("output", BETTER_ANSWER)})
+    metadata["variants"] = sorted(variants)
+    return dg.MaterializeResult(
+        metadata=metadata,
+        check_results=_health_checks(db, "reflect.response_health", dataset, shard, config, client),
+    )
+
+
+@dg.asset(
+    partitions_def=RECORD_PARTITIONS,
+    deps=[reflected_responses],
+    pool=DUCKDB_POOL,
+    group_name="reflection",
+    kinds={"duckdb"},
+    owners=[OWNER],
+    tags={"stage": "recycled"},
+    code_version="1",
+)
+def recycled_dataset(
+    context: dg.AssetExecutionContext, config: RecycleConfig, storage: StorageResource
+) -> dg.MaterializeResult:
+    """The recycled training set for one shard: one row per record, its instruction, input
+    and output after reflection, with provenance (original, instruction_reflected,
+    response_reflected, both) and lineage columns back to the source row and the oracle
+    requests. Table: reflect.recycled."""
+    dataset, shard = dataset_and_shard(context)
+    db = storage.db()
+    try:
+        rows = write_recycled(db, dataset, shard, config.mode)
+    except ReflectionInputError as exc:
+        raise dg.Failure(description=str(exc)) from None
+    with db.connect() as con:
+        provenance = dict(
+            con.execute(
+                "SELECT provenance, count(*) FROM reflect.recycled WHERE dataset = ? AND shard = ? GROUP BY 1",
+                [dataset, shard],
+            ).fetchall()
+        )
+        preview = con.execute(
+            "SELECT record_id, provenance, instruction, input, output FROM reflect.recycled "
+            "WHERE dataset = ? AND shard = ? ORDER BY provenance DESC, record_id LIMIT 5",
+            [dataset, shard],
+        ).pl()
+        lengths = con.execute(
+            "SELECT round(avg(length(instruction)), 1), round(avg(length(output)), 1) FROM reflect.recycled "
+            "WHERE dataset = ? AND shard = ?",
+            [dataset, shard],
+        ).fetchone()
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": rows,
+            "mode": config.mode,
+            "provenance": provenance,
+            "mean_chars": {"instruction": lengths[0] or 0.0, "output": lengths[1] or 0.0},
+            "preview": markdown_table(preview),
+            "dagster/column_lineage": dg.TableColumnLineage(
+                deps_by_column={
+                    "instruction": [
+                        dg.TableColumnDep(asset_key=dg.AssetKey("raw_dataset"), column_name="instruction"),
+                        dg.TableColumnDep(asset_key=dg.AssetKey("reflected_instructions"), column_name="new_instruction"),
+                    ],
+                    "output": [
+                        dg.TableColumnDep(asset_key=dg.AssetKey("raw_dataset"), column_name="output"),
+                        dg.TableColumnDep(asset_key=dg.AssetKey("reflected_instructions"), column_name="new_output"),
+                        dg.TableColumnDep(asset_key=dg.AssetKey("reflected_responses"), column_name="better_output"),
+                    ],
+                }
+            ),
+        }
+    )

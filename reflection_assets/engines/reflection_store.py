@@ -1,0 +1,189 @@
+"""Reading and writing the reflection tables, one shard at a time, each write one
+transaction: a shard's rows are replaced whole or not at all."""
+
+from __future__ import annotations
+
+import polars as pl
+
+from reflection_assets.engines.reflection import Pair, PhaseResult
+from reflection_assets.engines.storage import Database
+from reflection_assets.method.prompts import BETTER_ANSWER, NEW_ANSWER, NEW_INSTRUCTION
+
+RECYCLE_MODES = {"chain": "reflect.recycle_chain", "instruction": "reflect.recycle_instruction",
+                 "response": "reflect.recycle_response"}
+
+
+class ReflectionInputError(Exception):
+    """An upstream stage is missing for this shard. The message says what to run."""
+
+
+def raw_pairs(db: Database, dataset: str, shard: int) -> list[Pair]:
+    with db.connect() as con:
+        rows = con.execute(
+            "SELECT record_id, instruction, input, output FROM raw.records "
+            "WHERE dataset = ? AND shard = ? ORDER BY record_id",
+            [dataset, shard],
+        ).fetchall()
+    return [Pair(*row) for row in rows]
+
+
+def instruction_reflected_pairs(db: Database, dataset: str, shard: int) -> tuple[list[Pair], set[str]]:
+    """The pairs phase 1 produced (the original where it kept it), and which were replaced."""
+    with db.connect() as con:
+        missing = con.execute(
+            """
+            SELECT count(*) FROM raw.records AS r
+            LEFT JOIN reflect.instructions AS i USING (dataset, record_id)
+            WHERE r.dataset = ? AND r.shard = ? AND i.record_id IS NULL
+            """,
+            [dataset, shard],
+        ).fetchone()[0]
+        if missing:
+            raise ReflectionInputError(
+                f"{missing} record(s) of {dataset}|{shard:02d} have no instruction reflection: "
+                "materialize reflected_instructions for this shard first"
+            )
+        rows = con.execute(
+            """
+            SELECT r.record_id,
+                   coalesce(i.new_instruction, r.instruction),
+                   CASE WHEN i.replaced THEN '' ELSE r.input END,
+                   coalesce(i.new_output, r.output),
+                   i.replaced
+            FROM raw.records AS r JOIN reflect.instructions AS i USING (dataset, record_id)
+            WHERE r.dataset = ? AND r.shard = ? ORDER BY r.record_id
+            """,
+            [dataset, shard],
+        ).fetchall()
+    return [Pair(*row[:4]) for row in rows], {row[0] for row in rows if row[4]}
+
+
+def _common(result: PhaseResult) -> dict[str, object]:
+    return {
+        "record_id": result.pair.record_id,
+        "request_key": result.request_key,
+        "repair_key": result.repair_key,
+        "outcome": result.outcome,
+        "reason": result.reason,
+        "repaired": result.repaired,
+        "replaced": result.ok,
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "cost_usd": result.cost_usd,
+    }
+
+
+def write_instruction_results(
+    db: Database, dataset: str, shard: int, results: list[PhaseResult], fingerprint: str, prompt_version: str
+) -> None:
+    frame = pl.DataFrame(
+        [
+            {
+                **_common(r),
+                "new_instruction": r.sections.get(NEW_INSTRUCTION) if r.ok else None,
+                "new_output": r.sections.get(NEW_ANSWER) if r.ok else None,
+            }
+            for r in results
+        ],
+        schema=INSTRUCTION_SCHEMA,
+    )
+    with db.transaction() as con:
+        con.execute("DELETE FROM reflect.instructions WHERE dataset = ? AND shard = ?", [dataset, shard])
+        columns = ", ".join(INSTRUCTION_SCHEMA)
+        con.execute(
+            f"INSERT INTO reflect.instructions (dataset, shard, fingerprint, prompt_version, {columns}) "
+            f"SELECT ?, ?, ?, ?, {columns} FROM frame",
+            [dataset, shard, fingerprint, prompt_version],
+        )
+
+
+def write_response_results(
+    db: Database,
+    dataset: str,
+    shard: int,
+    variants: dict[str, tuple[list[PhaseResult], set[str]]],
+    fingerprint: str,
+    prompt_version: str,
+) -> None:
+    """variants: name -> (results, record ids whose pair came from phase 1)."""
+    rows = []
+    for variant, (results, reflected) in variants.items():
+        for r in results:
+            rows.append(
+                {
+                    **_common(r),
+                    "variant": variant,
+                    "base": "instruction_reflected" if r.pair.record_id in reflected else "original",
+                    "instruction": r.pair.instruction,
+                    "input": r.pair.input,
+                    "better_output": r.sections.get(BETTER_ANSWER) if r.ok else None,
+                }
+            )
+    frame = pl.DataFrame(rows, schema=RESPONSE_SCHEMA)
+    with db.transaction() as con:
+        con.execute("DELETE FROM reflect.responses WHERE dataset = ? AND shard = ?", [dataset, shard])
+        columns = ", ".join(RESPONSE_SCHEMA)
+        con.execute(
+            f"INSERT INTO reflect.responses (dataset, shard, fingerprint, prompt_version, {columns}) "
+            f"SELECT ?, ?, ?, ?, {columns} FROM frame",
+            [dataset, shard, fingerprint, prompt_version],
+        )
+
+
+def write_recycled(db: Database, dataset: str, shard: int, mode: str) -> int:
+    view = RECYCLE_MODES[mode]
+    with db.transaction() as con:
+        available = con.execute(
+            f"SELECT count(*) FROM {view} WHERE dataset = ? AND shard = ?", [dataset, shard]
+        ).fetchone()[0]
+        expected = con.execute(
+            "SELECT count(*) FROM raw.records WHERE dataset = ? AND shard = ?", [dataset, shard]
+        ).fetchone()[0]
+        if available < expected:
+            needs = {
+                "chain": "reflected_instructions and reflected_responses",
+                "instruction": "reflected_instructions",
+                "response": "reflected_responses with also_original: true",
+            }[mode]
+            raise ReflectionInputError(
+                f"mode {mode!r} needs {needs} for {dataset}|{shard:02d}: only {available} of "
+                f"{expected} records have them; materialize those first"
+            )
+        con.execute("DELETE FROM reflect.recycled WHERE dataset = ? AND shard = ?", [dataset, shard])
+        con.execute(
+            f"""
+            INSERT INTO reflect.recycled
+                (dataset, shard, record_id, mode, instruction, input, output, provenance,
+                 source_file, source_row, instruction_request_key, response_request_key,
+                 instruction_outcome, response_outcome, fingerprint)
+            SELECT dataset, shard, record_id, mode, instruction, input, output, provenance,
+                   source_file, source_row, instruction_request_key, response_request_key,
+                   instruction_outcome, response_outcome, fingerprint
+            FROM {view} WHERE dataset = ? AND shard = ?
+            """,
+            [dataset, shard],
+        )
+    return available
+
+
+_COMMON_SCHEMA = {
+    "record_id": pl.Utf8,
+    "request_key": pl.Utf8,
+    "repair_key": pl.Utf8,
+    "outcome": pl.Utf8,
+    "reason": pl.Utf8,
+    "repaired": pl.Boolean,
+    "replaced": pl.Boolean,
+    "prompt_tokens": pl.Int32,
+    "completion_tokens": pl.Int32,
+    "cost_usd": pl.Float64,
+}
+INSTRUCTION_SCHEMA = {**_COMMON_SCHEMA, "new_instruction": pl.Utf8, "new_output": pl.Utf8}
+RESPONSE_SCHEMA = {
+    **_COMMON_SCHEMA,
+    "variant": pl.Utf8,
+    "base": pl.Utf8,
+    "instruction": pl.Utf8,
+    "input": pl.Utf8,
+    "better_output": pl.Utf8,
+}
