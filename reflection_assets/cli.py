@@ -51,12 +51,35 @@ def _print_summary(outcomes) -> None:
     print(f"\n{ok} of {len(outcomes)} runs succeeded")
     for asset, counts in by_asset.items():
         print(f"  {asset}: {sum(counts)} rows in {len(counts)} partition(s)")
+    failed_checks: dict[str, list[str]] = defaultdict(list)
+    severity: dict[str, str] = {}
     for outcome in outcomes:
         where = f"{outcome.dataset}|{outcome.shard}" if outcome.shard else outcome.dataset
         if not outcome.success:
             print(f"  FAILED {where} (run {outcome.run_id}): {outcome.error}")
         for check in outcome.failed_checks:
-            print(f"  check failed {where}: {check}")
+            failed_checks[check].append(where)
+            severity[check] = outcome.check_severity.get(check, "ERROR")
+    for check, places in failed_checks.items():
+        listed = ", ".join(places[:4]) + (f" and {len(places) - 4} more" if len(places) > 4 else "")
+        print(f"  check failed ({severity[check]}) {check} on {len(places)} partition(s): {listed}")
+
+
+def _load_asset_config(path: str) -> dict:
+    """A YAML (or JSON) file: {asset name: {setting: value}}, as in the UI's launchpad."""
+    from pathlib import Path
+
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot be read ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise DatasetError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise DatasetError(f"{path}: expected a mapping of asset name to its settings")
+    return data
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -76,6 +99,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     instance = ensure_instance()
     sync_dataset_partitions(instance, [s.name for s in specs])
     select = [name.strip() for name in args.select.split(",")] if args.select else None
+    asset_config = _load_asset_config(args.config) if args.config else None
     keys = resolve_selection(defs, select, args.upstream)
     record_keys = [k for k in keys if defs.resolve_assets_def(k).partitions_def == RECORD_PARTITIONS]
     outcomes = []
@@ -89,6 +113,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 spec.name,
                 args.shard,
                 args.log_level,
+                asset_config,
             )
     _print_summary(outcomes)
     return 0 if all(o.success for o in outcomes) else 1
@@ -138,6 +163,63 @@ def cmd_oracle_ask(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from reflection_assets.engines.export import export_dataset
+    from reflection_assets.engines.settings import shard_count
+
+    storage = _storage()
+    storage.registry().get(args.name)
+    result = export_dataset(storage.db(), args.name, args.stage, args.format, Path(args.out), shard_count())
+    print(f"wrote {result.rows} records to {result.path} ({args.format})")
+    print(f"LLaMA-Factory entry {result.entry!r} in {result.dataset_info}")
+    if result.shards_missing:
+        shards = ", ".join(f"{s:02d}" for s in result.shards_missing)
+        print(f"warning: shard(s) {shards} have no {args.stage} rows yet; the file holds the others", file=sys.stderr)
+    return 0
+
+
+def _short(value: object, width: int = 100) -> str:
+    text = "" if value is None else str(value).replace("\n", " ⏎ ")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def cmd_lineage(args: argparse.Namespace) -> int:
+    from reflection_assets.engines.lineage import record_lineage
+
+    for chain in record_lineage(_storage().db(), args.record_id, args.dataset):
+        r = chain.record
+        print(f"record {r['record_id']} in dataset {r['dataset']} (shard {r['shard']:02d})")
+        print(f"  source      {r['source_file']}, row {r['source_row']} (version {r['source_version']})")
+        print(f"  instruction {_short(r['original_instruction'])}")
+        if r["original_input"]:
+            print(f"  input       {_short(r['original_input'])}")
+        print(f"  output      {_short(r['original_output'])}")
+        print("  oracle calls:")
+        if not chain.calls:
+            print("    none yet: materialize reflected_instructions for this shard")
+        for call in chain.calls:
+            if call["model"] is None:
+                answer = f"no reply ({call['last_error'] or 'not sent yet'})"
+            else:
+                answer = (
+                    f"{call['model']}, fingerprint {call['fingerprint']}, finish {call['finish_reason']}, "
+                    f"{call['prompt_tokens']}+{call['completion_tokens']} tokens, ${call['cost_usd']:.6f}"
+                )
+            print(f"    {call['stage']:<26} {call['request_key'][:16]}  {answer}")
+            print(f"    {'':<26} parse: {call['parse_outcome']}{' - ' + _short(call['reason'], 80) if call['reason'] else ''}")
+        if r["provenance"] is None:
+            print("  recycled: not yet (materialize recycled_dataset)")
+        else:
+            print(f"  recycled ({r['recycle_mode']} mode): {r['provenance']}")
+            print(f"    instruction {_short(r['final_instruction'])}")
+            if r["final_input"]:
+                print(f"    input       {_short(r['final_input'])}")
+            print(f"    output      {_short(r['final_output'])}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="reflection",
@@ -175,8 +257,24 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--upstream", action="store_true", help="also materialize what the selection depends on"
     )
+    run.add_argument(
+        "--config",
+        help="YAML file of asset settings, e.g. {recycled_dataset: {mode: instruction}}",
+    )
     run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     run.set_defaults(func=cmd_run)
+
+    export = sub.add_parser("export", help="write a dataset in a standard layout for training tools")
+    export.add_argument("name", help="a registered dataset")
+    export.add_argument("--format", required=True, choices=("alpaca", "jsonl", "sharegpt", "parquet"))
+    export.add_argument("--out", required=True, help="the file to write; dataset_info.json goes beside it")
+    export.add_argument("--stage", default="recycled", choices=("recycled", "raw"))
+    export.set_defaults(func=cmd_export)
+
+    lineage = sub.add_parser("lineage", help="print the chain of one record, source to final pair")
+    lineage.add_argument("record_id", help="a record id, or a unique prefix of 6+ characters")
+    lineage.add_argument("--dataset", help="only in this dataset")
+    lineage.set_defaults(func=cmd_lineage)
 
     oracle = sub.add_parser("oracle", help="inspect and try the oracle (or judge) settings")
     osub = oracle.add_subparsers(dest="oracle_command", required=True)
@@ -193,11 +291,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from reflection_assets.engines.export import ExportError
+    from reflection_assets.engines.lineage import LineageError
     from reflection_assets.runner import RunRequestError
 
     try:
         return args.func(args)
-    except (DatasetError, StorageError, RunRequestError, ValueError) as exc:
+    except (DatasetError, StorageError, RunRequestError, ExportError, LineageError, ValueError) as exc:
         print(f"reflection: {exc}", file=sys.stderr)
         return 2
 

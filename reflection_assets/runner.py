@@ -28,6 +28,7 @@ class RunOutcome:
     error: str | None = None
     rows: dict[str, int] = field(default_factory=dict)  # asset -> dagster/row_count
     failed_checks: list[str] = field(default_factory=list)
+    check_severity: dict[str, str] = field(default_factory=dict)  # check -> WARN or ERROR
 
 
 def ensure_instance() -> dg.DagsterInstance:
@@ -89,9 +90,9 @@ def _collect(result: dg.ExecuteInProcessResult, outcome: RunOutcome) -> None:
                 outcome.rows[mat.asset_key.to_user_string()] = int(rows.value)
     for evaluation in result.get_asset_check_evaluations():
         if not evaluation.passed:
-            outcome.failed_checks.append(
-                f"{evaluation.asset_key.to_user_string()}:{evaluation.check_name}"
-            )
+            name = f"{evaluation.asset_key.to_user_string()}:{evaluation.check_name}"
+            outcome.failed_checks.append(name)
+            outcome.check_severity[name] = evaluation.severity.value
 
 
 def run_record_partitions(
@@ -115,17 +116,28 @@ def run_record_partitions(
     job = defs.resolve_job_def(job_name)
     run_config: dict[str, object] = {"loggers": {"console": {"config": {"log_level": log_level}}}}
     if asset_config:
-        run_config["ops"] = {name: {"config": dict(cfg)} for name, cfg in asset_config.items()}
+        known = {k.to_user_string() for k in defs.resolve_asset_graph().materializable_asset_keys}
+        unknown = sorted(set(asset_config) - known)
+        if unknown:
+            raise RunRequestError(f"config for unknown asset(s) {', '.join(unknown)}; assets are {', '.join(sorted(known))}")
+        selected = {k.to_user_string() for k in keys}
+        ops = {name: {"config": dict(cfg)} for name, cfg in asset_config.items() if name in selected}
+        if ops:
+            run_config["ops"] = ops
     outcomes = []
     for shard in wanted:
-        result = job.execute_in_process(
-            instance=instance,
-            partition_key=record_partition_key(dataset, shard),
-            asset_selection=list(keys),
-            raise_on_error=False,
-            tags={"reflection/launched_by": "cli"},
-            run_config=run_config,
-        )
+        try:
+            result = job.execute_in_process(
+                instance=instance,
+                partition_key=record_partition_key(dataset, shard),
+                asset_selection=list(keys),
+                raise_on_error=False,
+                tags={"reflection/launched_by": "cli"},
+                run_config=run_config,
+            )
+        except dg.DagsterInvalidConfigError as exc:
+            details = "; ".join(e.message for e in exc.errors) or str(exc)
+            raise RunRequestError(f"invalid asset settings: {details}") from None
         outcome = RunOutcome(dataset, shard, result.run_id, result.success)
         if not result.success:
             outcome.error = _failure_message(result)

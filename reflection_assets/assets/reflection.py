@@ -37,8 +37,10 @@ def _check_specs(asset: str) -> list[dg.AssetCheckSpec]:
 
 
 class ReflectionConfig(dg.Config):
-    repair: bool = True
-    """Give a reply that failed to parse one follow-up call that says what was wrong."""
+    repair: Literal["auto", "on", "off"] = "auto"
+    """Give a reply that failed to parse one follow-up call that says what was wrong. auto:
+    on for endpoints, off for the embedded model, whose failed replies are echo loops that
+    a second call does not fix (it doubles the time for nothing)."""
     min_ok_share: float = 0.5
     """The ok_share check's floor."""
     ok_share_severity: Literal["auto", "WARN", "ERROR"] = "auto"
@@ -89,6 +91,12 @@ def _phase_metadata(results: list[PhaseResult], client: OracleClient, before_aft
     }
 
 
+def _repair(config: ReflectionConfig, client: OracleClient) -> bool:
+    if config.repair == "auto":
+        return client.settings.backend != "local"
+    return config.repair == "on"
+
+
 def _health_checks(
     db: Database, view: str, dataset: str, shard: int, config: ReflectionConfig, client: OracleClient
 ) -> list[dg.AssetCheckResult]:
@@ -115,17 +123,23 @@ def _health_checks(
     ]
 
 
-@dg.asset(
-    partitions_def=RECORD_PARTITIONS,
-    deps=[raw_dataset],
-    pool=DUCKDB_POOL,
-    group_name="reflection",
-    kinds={"duckdb", "openai"},
-    owners=[OWNER],
-    tags={"stage": "reflection"},
-    code_version=prompts.PROMPT_VERSION,
-    check_specs=_check_specs("reflected_instructions"),
-)
+def _oracle_stage(name: str, upstream: dg.AssetsDefinition) -> dict:
+    """What the two oracle-calling stages share: partitions, pool, checks, lineage tags."""
+    return dict(
+        name=name,
+        partitions_def=RECORD_PARTITIONS,
+        deps=[upstream],
+        pool=DUCKDB_POOL,
+        group_name="reflection",
+        kinds={"duckdb", "openai"},
+        owners=[OWNER],
+        tags={"stage": "reflection"},
+        code_version=prompts.PROMPT_VERSION,
+        check_specs=_check_specs(name),
+    )
+
+
+@dg.asset(**_oracle_stage("reflected_instructions", raw_dataset))
 def reflected_instructions(
     context: dg.AssetExecutionContext,
     config: ReflectionConfig,
@@ -140,7 +154,7 @@ def reflected_instructions(
     db = storage.db()
     client = oracle.client(storage, context.log)
     pairs = raw_pairs(db, dataset, shard)
-    results = reflect_instructions(client, pairs, config.repair)
+    results = reflect_instructions(client, pairs, _repair(config, client))
     write_instruction_results(db, dataset, shard, results, client.fingerprint(prompts.PROMPT_VERSION), prompts.PROMPT_VERSION)
     metadata = _phase_metadata(
         results, client, {"instruction": ("instruction", NEW_INSTRUCTION), "output": ("output", NEW_ANSWER)}
@@ -151,17 +165,7 @@ def reflected_instructions(
     )
 
 
-@dg.asset(
-    partitions_def=RECORD_PARTITIONS,
-    deps=[reflected_instructions],
-    pool=DUCKDB_POOL,
-    group_name="reflection",
-    kinds={"duckdb", "openai"},
-    owners=[OWNER],
-    tags={"stage": "reflection"},
-    code_version=prompts.PROMPT_VERSION,
-    check_specs=_check_specs("reflected_responses"),
-)
+@dg.asset(**_oracle_stage("reflected_responses", reflected_instructions))
 def reflected_responses(
     context: dg.AssetExecutionContext,
     config: ResponseReflectionConfig,
@@ -184,7 +188,9 @@ def reflected_responses(
         variants["original"] = (raw_pairs(db, dataset, shard), set())
     # Both variants go to the oracle together; where phase 1 kept a pair, they are the
     # same request and are paid once.
-    all_results = reflect_responses(client, [p for pairs, _ in variants.values() for p in pairs], config.repair)
+    all_results = reflect_responses(
+        client, [p for pairs, _ in variants.values() for p in pairs], _repair(config, client)
+    )
     by_variant, start = {}, 0
     for name, (pairs, ids) in variants.items():
         by_variant[name] = (all_results[start : start + len(pairs)], ids)

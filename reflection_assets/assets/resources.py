@@ -66,6 +66,7 @@ class OracleResource(dg.ConfigurableResource):
     max_retries: Optional[int] = None
     budget_usd: Optional[float] = None
     batch_size: Optional[int] = None
+    dtype: Optional[str] = None
 
     def settings(self) -> OracleSettings:
         overrides = {name: getattr(self, name) for name in type(self).model_fields}

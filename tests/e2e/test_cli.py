@@ -103,3 +103,21 @@ def test_oracle_info_and_ask_against_an_endpoint(tmp_path):
         assert "sk-cli-secret-98765" not in output
     judge = reflection("oracle", "info", "--judge", env={**env, "REFLECTION_JUDGE_MODEL": "gpt-4o"})
     assert "gpt-4o\n" in judge.stdout
+
+
+def test_run_takes_asset_settings_from_a_file(tmp_path):
+    env = make_env(tmp_path / "home")
+    source = write_json(tmp_path / "d.json", alpaca_rows(5) + [{"instruction": "x", "output": ""}] * 3)
+    assert reflection("datasets", "add", "demo", str(source), env=env).returncode == 0
+    strict = tmp_path / "strict.yaml"
+    strict.write_text("raw_dataset:\n  max_reject_share: 0.0\nrecycled_dataset:\n  mode: instruction\n")
+    run = reflection("run", "--select", "raw_dataset", "--config", str(strict), env=env)
+    assert run.returncode == 0 and "check failed (ERROR) raw_dataset:reject_share" in run.stdout
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text("raw_dataset:\n  max_reject_share: lots\n")
+    bad = reflection("run", "--select", "raw_dataset", "--config", str(wrong), env=env)
+    assert bad.returncode == 2 and "invalid asset settings" in bad.stderr and "Traceback" not in bad.stderr
+    ghost = tmp_path / "ghost.yaml"
+    ghost.write_text("nope:\n  x: 1\n")
+    unknown = reflection("run", "--select", "raw_dataset", "--config", str(ghost), env=env)
+    assert unknown.returncode == 2 and "config for unknown asset(s) nope" in unknown.stderr

@@ -3,6 +3,7 @@
 import pytest
 
 from reflection_assets.assets.resources import OracleResource, StorageResource
+from reflection_assets.engines.models import CONVERSION_VERSION, EMBEDDED_NAME
 
 
 @pytest.mark.slow
@@ -19,7 +20,9 @@ def test_the_embedded_model_answers_a_small_batch(home):
         assert reply.ok and reply.text and reply.finish_reason in ("stop", "length")
         assert reply.prompt_tokens > 5 and 0 < reply.completion_tokens <= 24 and reply.cost_usd == 0
     assert "Paris" in replies[requests[0].key].text
-    assert (home / "artifacts" / "models" / "SmolLM2-135M-Instruct" / "model.safetensors").exists()
+    converted = home / "artifacts" / "models" / f"{EMBEDDED_NAME}-{CONVERSION_VERSION}"
+    assert (converted / "model.safetensors").exists()
+    assert "quantization_config" not in (converted / "config.json").read_text()
     again = oracle.client(StorageResource())
     assert all(r.cached for r in again.complete_many(requests)) and again.stats.sent == 0
 

@@ -168,3 +168,13 @@ def test_phase_two_before_phase_one_fails_clearly(home, tagged, oracle):
         tagged, defs, JOB_FOR_PARTITIONS[RECORD_PARTITIONS], [ALL[2]], "tagged", ["01"], "WARNING"
     )
     assert not outcome.success and "materialize reflected_instructions for this shard first" in outcome.error
+
+
+def test_repair_can_be_turned_off(home, tagged, oracle):
+    run(tagged, keys=ALL[:2], reflected_instructions={"repair": "off"})
+    rows = by_instruction(
+        home, "SELECT r.instruction, i.outcome, i.repair_key FROM reflect.instructions i JOIN raw.records r USING (dataset, record_id)"
+    )
+    assert rows["Name a fruit #fixable"] == ("missing_marker", None)
+    assert rows["Name a river #truncate"] == ("truncated", None)
+    assert rows["Name a tree #echo"] == ("template_echo", None)

@@ -184,3 +184,15 @@ def test_redaction_hides_keys():
     text = "Incorrect API key provided: sk-proj-abcdef123456. You can find your key at ..."
     assert "abcdef123456" not in redact(text, None)
     assert "s3cr3t-value" not in redact("key s3cr3t-value rejected", "s3cr3t-value")
+
+
+def test_backend_defaults_and_local_precision_in_the_identity():
+    assert OracleSettings(backend="openai", model="m").max_tokens == 2048
+    local = OracleSettings()
+    assert local.max_tokens == 64 and local.batch_size == 16
+    assert OracleSettings(dtype="float32").sampling.backend == "local/float32"
+    assert OracleSettings(dtype="bfloat16").sampling.backend == "local/bfloat16"
+    assert local.sampling.backend in ("local/float32", "local/bfloat16")
+    assert OracleSettings(dtype="float32").fingerprint("v") != OracleSettings(dtype="bfloat16").fingerprint("v")
+    with pytest.raises(ValueError, match="dtype 'fp8'"):
+        OracleSettings(dtype="fp8")

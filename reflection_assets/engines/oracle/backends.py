@@ -174,7 +174,11 @@ class LocalBackend:
         if self._model is None:
             from reflection_assets.engines.models import load_causal_lm
 
-            self._model, self._tokenizer = load_causal_lm(self.settings.model, self.artifacts)
+            from reflection_assets.engines.oracle.settings import resolve_dtype
+
+            self._model, self._tokenizer = load_causal_lm(
+                self.settings.model, self.artifacts, dtype=resolve_dtype(self.settings.dtype)
+            )
 
     def _generate(self, requests: list[OracleRequest]) -> list[BackendReply]:
         import torch

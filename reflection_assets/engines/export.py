@@ -1,0 +1,118 @@
+"""Exporting a dataset (recycled or raw) in the layouts training tools read, with a
+LLaMA-Factory dataset_info.json entry beside the file. Files are written whole or not at
+all (a temporary file renamed into place)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from reflection_assets.engines.storage import Database
+
+EXPORT_FORMATS = ("alpaca", "jsonl", "sharegpt", "parquet")
+STAGES = {"recycled": "reflect.recycled", "raw": "raw.records"}
+
+
+class ExportError(Exception):
+    """Nothing to export, or a bad request. The message is meant for the user."""
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    rows: int
+    dataset_info: Path
+    entry: str
+    shards_missing: list[int]
+
+
+def load_rows(db: Database, dataset: str, stage: str, shard_count: int) -> tuple[pl.DataFrame, list[int]]:
+    table = STAGES[stage]
+    provenance = "provenance" if stage == "recycled" else "'original'"
+    with db.connect() as con:
+        frame = con.execute(
+            f"SELECT record_id, instruction, input, output, {provenance} AS provenance, shard "
+            f"FROM {table} WHERE dataset = ? ORDER BY source_row, record_id",
+            [dataset],
+        ).pl()
+    present = set(frame["shard"].to_list())
+    return frame.drop("shard"), [s for s in range(shard_count) if s not in present]
+
+
+def _alpaca(frame: pl.DataFrame) -> list[dict]:
+    return frame.select("instruction", "input", "output").to_dicts()
+
+
+def _sharegpt(frame: pl.DataFrame) -> list[dict]:
+    return [
+        {
+            "conversations": [
+                {"from": "human", "value": row["instruction"] + (f"\n\n{row['input']}" if row["input"] else "")},
+                {"from": "gpt", "value": row["output"]},
+            ]
+        }
+        for row in frame.iter_rows(named=True)
+    ]
+
+
+def _dataset_info_entry(fmt: str, file_name: str) -> dict:
+    if fmt == "sharegpt":
+        return {
+            "file_name": file_name,
+            "formatting": "sharegpt",
+            "columns": {"messages": "conversations"},
+            "tags": {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt"},
+        }
+    return {
+        "file_name": file_name,
+        "formatting": "alpaca",
+        "columns": {"prompt": "instruction", "query": "input", "response": "output"},
+    }
+
+
+def _write_atomically(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(temp))
+        os.replace(temp, path)
+    finally:
+        if os.path.exists(temp):
+            os.unlink(temp)
+
+
+def export_dataset(
+    db: Database, dataset: str, stage: str, fmt: str, out: Path, shard_count: int
+) -> ExportResult:
+    if fmt not in EXPORT_FORMATS:
+        raise ExportError(f"format {fmt!r}: expected one of {', '.join(EXPORT_FORMATS)}")
+    if stage not in STAGES:
+        raise ExportError(f"stage {stage!r}: expected one of {', '.join(STAGES)}")
+    frame, missing = load_rows(db, dataset, stage, shard_count)
+    if frame.is_empty():
+        asset = "recycled_dataset" if stage == "recycled" else "raw_dataset"
+        raise ExportError(f"dataset {dataset!r} has no {stage} rows yet: materialize {asset} first")
+
+    def write(temp: Path) -> None:
+        if fmt == "parquet":
+            frame.write_parquet(temp)
+        elif fmt == "jsonl":
+            frame.write_ndjson(temp)
+        else:
+            rows = _alpaca(frame) if fmt == "alpaca" else _sharegpt(frame)
+            temp.write_text(json.dumps(rows, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+
+    _write_atomically(out, write)
+
+    info_path = out.parent / "dataset_info.json"
+    info = json.loads(info_path.read_text()) if info_path.exists() else {}
+    entry = f"{dataset}_{stage}"
+    info[entry] = _dataset_info_entry(fmt, out.name)
+    _write_atomically(info_path, lambda t: t.write_text(json.dumps(info, indent=2) + "\n"))
+    return ExportResult(out, frame.height, info_path, entry, missing)

@@ -1,0 +1,71 @@
+"""`reflection export` and `reflection lineage` on a dataset recycled through Dagster."""
+
+import json
+
+import datasets
+import pytest
+
+from reflection_assets.cli import main
+from tests.integration.test_reflection_assets import ALL, ROWS, oracle, run, tagged  # noqa: F401
+
+
+@pytest.fixture
+def recycled(tagged, oracle):  # noqa: F811
+    run(tagged)
+    return tagged
+
+
+@pytest.mark.parametrize(("fmt", "suffix", "loader"), [
+    ("alpaca", "json", "json"), ("jsonl", "jsonl", "json"), ("sharegpt", "json", "json"), ("parquet", "parquet", "parquet"),
+])
+def test_exports_load_with_datasets(recycled, tmp_path, capsys, fmt, suffix, loader):
+    out = tmp_path / "export" / f"tagged.{suffix}"
+    assert main(["export", "tagged", "--format", fmt, "--out", str(out)]) == 0
+    assert f"wrote {len(ROWS)} records" in capsys.readouterr().out
+    loaded = datasets.load_dataset(loader, data_files=str(out), split="train")
+    assert loaded.num_rows == len(ROWS)
+    if fmt == "sharegpt":
+        turns = loaded[0]["conversations"]
+        assert [t["from"] for t in turns] == ["human", "gpt"]
+    else:
+        assert {"instruction", "input", "output"} <= set(loaded.column_names)
+    if fmt == "alpaca":
+        rows = json.loads(out.read_text())
+        assert isinstance(rows, list) and set(rows[0]) == {"instruction", "input", "output"}
+    info = json.loads((out.parent / "dataset_info.json").read_text())
+    assert info["tagged_recycled"]["file_name"] == out.name
+    assert info["tagged_recycled"]["formatting"] == ("sharegpt" if fmt == "sharegpt" else "alpaca")
+
+
+def test_export_raw_keeps_inputs_and_other_entries(recycled, tmp_path):
+    folder = tmp_path / "llamafactory"
+    assert main(["export", "tagged", "--format", "alpaca", "--out", str(folder / "recycled.json")]) == 0
+    assert main(["export", "tagged", "--stage", "raw", "--format", "alpaca", "--out", str(folder / "raw.json")]) == 0
+    raw = json.loads((folder / "raw.json").read_text())
+    assert raw[0] == {"instruction": "Plain task 0", "input": "some context", "output": "answer 0"}
+    assert set(json.loads((folder / "dataset_info.json").read_text())) == {"tagged_recycled", "tagged_raw"}
+
+
+def test_export_before_recycling_says_what_to_run(tagged, tmp_path, capsys):  # noqa: F811
+    assert main(["export", "tagged", "--format", "jsonl", "--out", str(tmp_path / "x.jsonl")]) == 2
+    assert "materialize recycled_dataset first" in capsys.readouterr().err
+    assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_lineage_prints_the_chain_of_one_record(recycled, home, capsys):
+    import duckdb
+
+    with duckdb.connect(str(home / "reflection.duckdb")) as con:
+        [(record_id, key)] = con.execute(
+            "SELECT i.record_id, i.repair_key FROM reflect.instructions i JOIN raw.records r USING (dataset, record_id) "
+            "WHERE r.instruction = 'Name a fruit #fixable'"
+        ).fetchall()
+    assert main(["lineage", record_id[:8]]) == 0
+    out = capsys.readouterr().out
+    assert f"record {record_id} in dataset tagged" in out
+    assert "tagged.json, row 15" in out and "Name a fruit #fixable" in out
+    assert "instruction repair" in out and key[:16] in out and "gpt-4o-mini, fingerprint" in out
+    assert "failed; repaired by the follow-up" in out and "response (chain)" in out
+    assert "recycled (chain mode): both" in out
+    assert main(["lineage", "ffffffffff"]) == 2
+    assert "no record 'ffffffffff'" in capsys.readouterr().err
