@@ -37,6 +37,8 @@ ui: setup
 
 bench: setup
 	$(BIN)/python benchmarks/ingest_throughput.py
+	$(BIN)/python benchmarks/oracle_throughput.py
+	$(BIN)/python benchmarks/reflection_overhead.py
 
 clean:
 	rm -rf $(VENV) dagster_home/storage dagster_home/history dagster_home/schedules \
