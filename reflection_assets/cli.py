@@ -43,14 +43,15 @@ def cmd_datasets_list(args: argparse.Namespace) -> int:
 
 
 def _print_summary(outcomes) -> None:
-    by_asset: dict[str, list[int]] = defaultdict(list)
+    by_asset: dict[str, list[int | None]] = defaultdict(list)
     for outcome in outcomes:
         for asset, rows in outcome.rows.items():
             by_asset[asset].append(rows)
     ok = sum(o.success for o in outcomes)
     print(f"\n{ok} of {len(outcomes)} runs succeeded")
     for asset, counts in by_asset.items():
-        print(f"  {asset}: {sum(counts)} rows in {len(counts)} partition(s)")
+        rows = [c for c in counts if c is not None]
+        print(f"  {asset}: " + (f"{sum(rows)} rows in " if rows else "materialized in ") + f"{len(counts)} partition(s)")
     failed_checks: dict[str, list[str]] = defaultdict(list)
     severity: dict[str, str] = {}
     for outcome in outcomes:
@@ -83,11 +84,12 @@ def _load_asset_config(path: str) -> dict:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from reflection_assets.assets.partitions import RECORD_PARTITIONS
+    from reflection_assets.assets.partitions import DATASETS, RECORD_PARTITIONS
     from reflection_assets.definitions import JOB_FOR_PARTITIONS, defs
     from reflection_assets.runner import (
         ensure_instance,
         resolve_selection,
+        run_dataset_partition,
         run_record_partitions,
         sync_dataset_partitions,
     )
@@ -102,6 +104,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     asset_config = _load_asset_config(args.config) if args.config else None
     keys = resolve_selection(defs, select, args.upstream)
     record_keys = [k for k in keys if defs.resolve_assets_def(k).partitions_def == RECORD_PARTITIONS]
+    dataset_keys = [k for k in keys if defs.resolve_assets_def(k).partitions_def == DATASETS]
     outcomes = []
     for spec in specs:
         if record_keys:
@@ -114,6 +117,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                 args.shard,
                 args.log_level,
                 asset_config,
+            )
+        if dataset_keys and not args.shard and all(o.success for o in outcomes):
+            outcomes += run_dataset_partition(
+                instance, defs, JOB_FOR_PARTITIONS[DATASETS], dataset_keys, spec.name, args.log_level, asset_config
             )
     _print_summary(outcomes)
     return 0 if all(o.success for o in outcomes) else 1

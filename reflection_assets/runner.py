@@ -26,7 +26,7 @@ class RunOutcome:
     run_id: str
     success: bool
     error: str | None = None
-    rows: dict[str, int] = field(default_factory=dict)  # asset -> dagster/row_count
+    rows: dict[str, int | None] = field(default_factory=dict)  # asset -> dagster/row_count
     failed_checks: list[str] = field(default_factory=list)
     check_severity: dict[str, str] = field(default_factory=dict)  # check -> WARN or ERROR
 
@@ -86,8 +86,7 @@ def _collect(result: dg.ExecuteInProcessResult, outcome: RunOutcome) -> None:
         if event.is_step_materialization:
             mat = event.step_materialization_data.materialization
             rows = mat.metadata.get("dagster/row_count")
-            if rows is not None:
-                outcome.rows[mat.asset_key.to_user_string()] = int(rows.value)
+            outcome.rows[mat.asset_key.to_user_string()] = int(rows.value) if rows is not None else None
     for evaluation in result.get_asset_check_evaluations():
         if not evaluation.passed:
             name = f"{evaluation.asset_key.to_user_string()}:{evaluation.check_name}"
@@ -113,6 +112,33 @@ def run_record_partitions(
         raise RunRequestError(
             f"unknown shard(s) {', '.join(bad)}; shards are {all_shards[0]}..{all_shards[-1]}"
         )
+    partitions = [(record_partition_key(dataset, shard), dataset, shard) for shard in wanted]
+    return run_partitions(instance, defs, job_name, keys, partitions, log_level, asset_config)
+
+
+def run_dataset_partition(
+    instance: dg.DagsterInstance,
+    defs: dg.Definitions,
+    job_name: str,
+    keys: Sequence[dg.AssetKey],
+    dataset: str,
+    log_level: str = "INFO",
+    asset_config: Mapping[str, Mapping[str, object]] | None = None,
+) -> list[RunOutcome]:
+    """One run materializing the dataset-level `keys` for `dataset`."""
+    return run_partitions(instance, defs, job_name, keys, [(dataset, dataset, None)], log_level, asset_config)
+
+
+def run_partitions(
+    instance: dg.DagsterInstance,
+    defs: dg.Definitions,
+    job_name: str,
+    keys: Sequence[dg.AssetKey],
+    partitions: Sequence[tuple[str, str, str | None]],
+    log_level: str,
+    asset_config: Mapping[str, Mapping[str, object]] | None,
+) -> list[RunOutcome]:
+    """One in-process run per (partition key, dataset, shard)."""
     job = defs.resolve_job_def(job_name)
     run_config: dict[str, object] = {"loggers": {"console": {"config": {"log_level": log_level}}}}
     if asset_config:
@@ -125,11 +151,11 @@ def run_record_partitions(
         if ops:
             run_config["ops"] = ops
     outcomes = []
-    for shard in wanted:
+    for partition_key, dataset, shard in partitions:
         try:
             result = job.execute_in_process(
                 instance=instance,
-                partition_key=record_partition_key(dataset, shard),
+                partition_key=partition_key,
                 asset_selection=list(keys),
                 raise_on_error=False,
                 tags={"reflection/launched_by": "cli"},

@@ -3,4 +3,5 @@ CREATE SCHEMA IF NOT EXISTS registry;
 CREATE SCHEMA IF NOT EXISTS raw;
 CREATE SCHEMA IF NOT EXISTS oracle;
 CREATE SCHEMA IF NOT EXISTS lineage;
+CREATE SCHEMA IF NOT EXISTS training;
 CREATE SCHEMA IF NOT EXISTS reflect;  -- not "reflection": the default file reflection.duckdb is a catalog of that name

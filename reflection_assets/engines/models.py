@@ -88,20 +88,31 @@ def resolve_model(name_or_path: str, artifacts: str | Path) -> str:
     return name_or_path
 
 
-def load_causal_lm(name_or_path: str, artifacts: str | Path, dtype: str = "float32"):
-    """(model, tokenizer) in eval mode; the tokenizer pads on the left for generation."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_tokenizer(name_or_path: str, artifacts: str | Path):
+    from transformers import AutoTokenizer
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
     source = resolve_model(name_or_path, artifacts)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
+    except OSError as exc:
+        raise ModelError(f"{name_or_path}: cannot load its tokenizer ({exc})") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(name_or_path: str, artifacts: str | Path, dtype: str = "float32"):
+    """(model, tokenizer) in eval mode; the tokenizer pads on the left for generation."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    source = resolve_model(name_or_path, artifacts)
+    tokenizer = load_tokenizer(source, artifacts)
+    try:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype))
     except OSError as exc:
         raise ModelError(f"{name_or_path}: cannot load the model ({exc})") from None
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     model.eval()
     return model, tokenizer

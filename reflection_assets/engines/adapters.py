@@ -1,0 +1,143 @@
+"""Adapters as registered artifacts: which rows train which variant, an id derived from
+the data and config (so unchanged inputs never retrain), training into a temporary folder
+renamed into place, and the registry row written last, in one transaction."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from reflection_assets.engines.storage import Database
+from reflection_assets.engines.student import TrainConfig, TrainingError, train_adapter
+
+VARIANT_SOURCES = {"baseline": "raw.records", "recycled": "reflect.recycled"}
+
+
+@dataclass(frozen=True)
+class Adapter:
+    adapter_id: str
+    path: Path
+    reused: bool
+    registry: dict[str, object]
+    train_losses: list[float]
+
+
+def training_rows(db: Database, dataset: str, variant: str) -> list[tuple[str, str, str, str]]:
+    with db.connect() as con:
+        return con.execute(
+            f"SELECT record_id, instruction, input, output FROM {VARIANT_SOURCES[variant]} "
+            "WHERE dataset = ? ORDER BY record_id",
+            [dataset],
+        ).fetchall()
+
+
+def data_fingerprint(rows: list[tuple[str, str, str, str]]) -> str:
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update(json.dumps(row, ensure_ascii=False).encode() + b"\n")
+    return digest.hexdigest()
+
+
+def adapter_id_for(variant: str, fingerprint: str, config: TrainConfig) -> str:
+    payload = json.dumps([variant, fingerprint, config.as_dict()], sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def find_adapter(db: Database, adapter_id: str) -> dict[str, object] | None:
+    with db.connect() as con:
+        cursor = con.execute("SELECT * FROM training.adapters WHERE adapter_id = ?", [adapter_id])
+        row = cursor.fetchone()
+        columns = [c[0] for c in cursor.description]
+    return None if row is None else dict(zip(columns, row, strict=True))
+
+
+def plot_losses(losses: list[float], eval_loss: float | None, title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
+    ax.plot(range(1, len(losses) + 1), losses, label="train loss (per step)")
+    if eval_loss is not None:
+        ax.axhline(eval_loss, color="tab:orange", linestyle="--", label=f"held-out loss {eval_loss:.3f}")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("mean token loss")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def train_or_reuse(
+    db: Database,
+    artifacts: str | Path,
+    dataset: str,
+    variant: str,
+    config: TrainConfig,
+    log: Callable[[str], None] = print,
+) -> Adapter:
+    rows = training_rows(db, dataset, variant)
+    if not rows:
+        asset = "raw_dataset" if variant == "baseline" else "recycled_dataset"
+        raise TrainingError(f"no training rows for {dataset!r} ({variant}): materialize {asset} for its shards first")
+    fingerprint = data_fingerprint(rows)
+    adapter_id = adapter_id_for(variant, fingerprint, config)
+    out = Path(artifacts) / "adapters" / dataset / variant / adapter_id
+    existing = find_adapter(db, adapter_id)
+    if existing is not None and Path(str(existing["path"])).exists():
+        log(f"adapter {adapter_id} already trained on these {len(rows)} rows with this config: reused")
+        log_file = out / "training_log.json"
+        losses = json.loads(log_file.read_text())["train_losses"] if log_file.exists() else []
+        return Adapter(adapter_id, out, True, existing, losses)
+
+    partial = out.with_name(f".{adapter_id}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        result = train_adapter(config, artifacts, rows, partial, log)
+        plot_losses(result.train_losses, result.eval_loss, f"{dataset} / {variant}", partial / "loss.png")
+        (partial / "training_log.json").write_text(
+            json.dumps({"train_losses": result.train_losses, "eval_loss": result.eval_loss, "config": config.as_dict()})
+        )
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(partial, out)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    tail = result.train_losses[-max(1, len(result.train_losses) // 10) :]
+    registry = {
+        "adapter_id": adapter_id,
+        "dataset": dataset,
+        "variant": variant,
+        "path": str(out),
+        "base_model": config.base_model,
+        "data_fingerprint": fingerprint,
+        "records": len(rows),
+        "config_json": json.dumps(config.as_dict(), sort_keys=True),
+        "steps": result.steps,
+        "tokens": result.tokens,
+        "train_loss": sum(tail) / len(tail),
+        "eval_loss": result.eval_loss,
+        "truncated": result.truncated,
+        "precision": result.precision,
+        "wall_s": result.wall_s,
+    }
+    record_ids = pl.DataFrame({"adapter_id": [adapter_id] * len(rows), "record_id": [r[0] for r in rows]})
+    with db.transaction() as con:
+        con.execute("DELETE FROM training.adapters WHERE adapter_id = ?", [adapter_id])
+        con.execute("DELETE FROM training.adapter_records WHERE adapter_id = ?", [adapter_id])
+        columns = ", ".join(registry)
+        con.execute(
+            f"INSERT INTO training.adapters ({columns}) VALUES ({', '.join('?' * len(registry))})",
+            list(registry.values()),
+        )
+        con.execute("INSERT INTO training.adapter_records SELECT adapter_id, record_id FROM record_ids")
+    registry["tokens_per_s"] = result.tokens_per_s
+    return Adapter(adapter_id, out, False, registry, result.train_losses)

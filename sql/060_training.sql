@@ -1,0 +1,27 @@
+-- Fine-tuned adapters. An adapter is identified by what made it: dataset, variant, the
+-- fingerprint of its training rows and its training config. A row is written only after
+-- the adapter folder is complete, so the registry never points at half a model.
+CREATE TABLE IF NOT EXISTS training.adapters (
+    adapter_id        VARCHAR PRIMARY KEY,   -- sha256(variant, data fingerprint, config)[:16]
+    dataset           VARCHAR NOT NULL,
+    variant           VARCHAR NOT NULL,      -- baseline (original data) or recycled
+    path              VARCHAR NOT NULL,      -- loadable with PeftModel.from_pretrained
+    base_model        VARCHAR NOT NULL,
+    data_fingerprint  VARCHAR NOT NULL,      -- sha256 of the training rows
+    records           INTEGER NOT NULL,
+    config_json       VARCHAR NOT NULL,
+    steps             INTEGER NOT NULL,
+    tokens            BIGINT NOT NULL,
+    train_loss        DOUBLE NOT NULL,       -- mean over the last 10% of steps
+    eval_loss         DOUBLE,                -- held-out slice, when there was one
+    truncated         INTEGER NOT NULL,      -- examples cut to max_length
+    precision         VARCHAR NOT NULL,
+    wall_s            DOUBLE NOT NULL,
+    created_at        TIMESTAMP NOT NULL DEFAULT current_timestamp
+);
+
+-- Which records trained which adapter: lineage from a record to the models it shaped.
+CREATE TABLE IF NOT EXISTS training.adapter_records (
+    adapter_id  VARCHAR NOT NULL,
+    record_id   VARCHAR NOT NULL
+);
