@@ -27,7 +27,7 @@ class TrainConfig:
     scaled to LoRA on a small student; every field is a knob."""
 
     base_model: str = "SmolLM2-135M-Instruct"
-    template: str = "auto"  # auto: the tokenizer's chat template, else vicuna; or "vicuna"
+    template: str = "auto"  # auto/chat: the model's chat template (an error if it has none); vicuna
     lora_rank: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.05
@@ -79,16 +79,20 @@ def prompt_text(instruction: str, input_text: str) -> str:
 
 
 def resolve_template(tokenizer, template: str) -> str:
-    """'chat' when the tokenizer has a chat template and `template` allows it, else 'vicuna'."""
+    """'chat' (the model's own chat template) or 'vicuna' (the paper's layout).
+
+    `auto` uses the model's chat template; a model without one is an error rather than a
+    silent change of layout: the user says `vicuna` (or gives the model a template)."""
     if template not in ("auto", "chat", "vicuna"):
         raise TrainingError(f"template {template!r}: expected auto, chat or vicuna")
-    has_chat = bool(getattr(tokenizer, "chat_template", None))
-    if template == "chat" and not has_chat:
+    if template == "vicuna":
+        return "vicuna"
+    if not getattr(tokenizer, "chat_template", None):
         raise TrainingError(
-            "the base model has no chat template and template is 'chat': set template to "
-            "'vicuna' (or 'auto') to use the Vicuna layout of the paper"
+            "the base model has no chat template and none is configured: set the adapter's "
+            "template to 'vicuna' to use the paper's Vicuna layout"
         )
-    return "chat" if template in ("auto", "chat") and has_chat else "vicuna"
+    return "chat"
 
 
 def encode(tokenizer, layout: str, record_id: str, prompt: str, response: str, max_length: int) -> Example:

@@ -1,6 +1,7 @@
 """The student and its adapters: masking, training, reloading, the two assets, bad input."""
 
 import json
+import shutil
 from pathlib import Path
 
 import dagster as dg
@@ -94,9 +95,10 @@ def test_a_model_without_chat_template(tokenizer):
     class Plain:
         chat_template = None
 
-    assert resolve_template(Plain(), "auto") == "vicuna"
-    with pytest.raises(TrainingError, match="has no chat template and template is 'chat'"):
-        resolve_template(Plain(), "chat")
+    assert resolve_template(Plain(), "vicuna") == "vicuna"
+    for template in ("auto", "chat"):
+        with pytest.raises(TrainingError, match="has no chat template and none is configured: set .* 'vicuna'"):
+            resolve_template(Plain(), template)
 
 
 def test_bad_input_fails_before_a_model_loads(tmp_path, tokenizer_only_model):
@@ -107,6 +109,14 @@ def test_bad_input_fails_before_a_model_loads(tmp_path, tokenizer_only_model):
     too_long = [("r", "word " * 400, "", "answer")]
     with pytest.raises(TrainingError, match="every example is longer than max_length=32"):
         train_adapter(TrainConfig(base_model=str(tokenizer_only_model), max_length=32), tmp_path, too_long, tmp_path / "out")
+    plain = tmp_path / "plain"
+    shutil.copytree(tokenizer_only_model, plain)
+    (plain / "chat_template.jinja").unlink(missing_ok=True)
+    settings = json.loads((plain / "tokenizer_config.json").read_text())
+    settings.pop("chat_template", None)
+    (plain / "tokenizer_config.json").write_text(json.dumps(settings))
+    with pytest.raises(TrainingError, match="no chat template and none is configured"):
+        train_adapter(TrainConfig(base_model=str(plain)), tmp_path, ROWS, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
