@@ -41,11 +41,6 @@ def write_json(path: Path, rows: list) -> Path:
     return path
 
 
-def write_jsonl(path: Path, rows: list) -> Path:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    return path
-
-
 def alpaca_rows(n: int, with_input_every: int = 3, seed: str = "") -> list[dict]:
     """n distinct Alpaca records; every `with_input_every`-th has an input."""
     return [

@@ -129,7 +129,8 @@ def train_or_reuse(
         "precision": result.precision,
         "wall_s": result.wall_s,
     }
-    record_ids = pl.DataFrame({"adapter_id": [adapter_id] * len(rows), "record_id": [r[0] for r in rows]})
+    # read by DuckDB by its name in the INSERT below
+    record_ids = pl.DataFrame({"adapter_id": [adapter_id] * len(rows), "record_id": [r[0] for r in rows]})  # noqa: F841
     with db.transaction() as con:
         con.execute("DELETE FROM training.adapters WHERE adapter_id = ?", [adapter_id])
         con.execute("DELETE FROM training.adapter_records WHERE adapter_id = ?", [adapter_id])

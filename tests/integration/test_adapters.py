@@ -149,7 +149,7 @@ def test_the_adapter_assets_through_dagster(home, instance, oracle, tmp_path, sh
     from reflection_assets.definitions import JOB_FOR_PARTITIONS, defs
     from reflection_assets.assets.partitions import DATASETS
     from reflection_assets.runner import run_dataset_partition
-    from tests.integration.test_reflection_assets import ALL, run
+    from tests.integration.test_reflection_assets import run
     from tests.integration.test_raw_dataset import register
     from tests.conftest import write_json
     from tests.integration.test_reflection_assets import ROWS as TAGGED

@@ -15,7 +15,7 @@ from reflection_assets.engines.sources import (
     resolve_source,
 )
 from reflection_assets.method.records import Record, Rejected, RejectReason, to_record
-from tests.conftest import write_json, write_jsonl
+from tests.conftest import write_json
 
 ROWS = [
     {"instruction": "Say hi", "input": "", "output": "Hi"},
