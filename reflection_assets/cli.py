@@ -187,22 +187,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _short(value: object, width: int = 100) -> str:
-    text = "" if value is None else str(value).replace("\n", " ⏎ ")
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
 def cmd_lineage(args: argparse.Namespace) -> int:
+    from reflection_assets.assets.metadata import one_line
     from reflection_assets.engines.lineage import record_lineage
 
     for chain in record_lineage(_storage().db(), args.record_id, args.dataset):
         r = chain.record
         print(f"record {r['record_id']} in dataset {r['dataset']} (shard {r['shard']:02d})")
         print(f"  source      {r['source_file']}, row {r['source_row']} (version {r['source_version']})")
-        print(f"  instruction {_short(r['original_instruction'])}")
+        print(f"  instruction {one_line(r['original_instruction'])}")
         if r["original_input"]:
-            print(f"  input       {_short(r['original_input'])}")
-        print(f"  output      {_short(r['original_output'])}")
+            print(f"  input       {one_line(r['original_input'])}")
+        print(f"  output      {one_line(r['original_output'])}")
         print("  oracle calls:")
         if not chain.calls:
             print("    none yet: materialize reflected_instructions for this shard")
@@ -215,15 +211,15 @@ def cmd_lineage(args: argparse.Namespace) -> int:
                     f"{call['prompt_tokens']}+{call['completion_tokens']} tokens, ${call['cost_usd']:.6f}"
                 )
             print(f"    {call['stage']:<26} {call['request_key'][:16]}  {answer}")
-            print(f"    {'':<26} parse: {call['parse_outcome']}{' - ' + _short(call['reason'], 80) if call['reason'] else ''}")
+            print(f"    {'':<26} parse: {call['parse_outcome']}{' - ' + one_line(call['reason'], 80) if call['reason'] else ''}")
         if r["provenance"] is None:
             print("  recycled: not yet (materialize recycled_dataset)")
         else:
             print(f"  recycled ({r['recycle_mode']} mode): {r['provenance']}")
-            print(f"    instruction {_short(r['final_instruction'])}")
+            print(f"    instruction {one_line(r['final_instruction'])}")
             if r["final_input"]:
-                print(f"    input       {_short(r['final_input'])}")
-            print(f"    output      {_short(r['final_output'])}")
+                print(f"    input       {one_line(r['final_input'])}")
+            print(f"    output      {one_line(r['final_output'])}")
     return 0
 
 

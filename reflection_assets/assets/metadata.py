@@ -7,10 +7,14 @@ import polars as pl
 
 
 
-def _cell(value: object, width: int) -> str:
-    text = "" if value is None else str(value)
-    text = text.replace("\n", " ⏎ ").replace("|", "\\|")
+def one_line(value: object, width: int = 100) -> str:
+    """Text on one line (breaks shown as ⏎), cut to `width` characters."""
+    text = "" if value is None else str(value).replace("\n", " ⏎ ")
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _cell(value: object, width: int) -> str:
+    return one_line(value, width).replace("|", "\\|")
 
 
 def markdown_table(frame: pl.DataFrame, width: int = 80) -> dg.MetadataValue:

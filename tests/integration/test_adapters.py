@@ -20,6 +20,7 @@ from reflection_assets.engines.student import (
     resolve_template,
     train_adapter,
 )
+from tests.integration.test_reflection_assets import oracle  # noqa: F401 (a fixture)
 
 ROWS = [
     (f"id{i}", f"Write a sentence about the number {i}.", "" if i % 2 else f"Use the word 'blue' {i} times.",
@@ -185,5 +186,3 @@ def test_the_adapter_assets_through_dagster(home, instance, oracle, tmp_path, sh
     assert again["baseline_adapter"]["reused"].value is True  # same data, same config: no retraining
     assert again["baseline_adapter"]["adapter_id"].value == first["baseline_adapter"]["adapter_id"].value
 
-
-from tests.integration.test_reflection_assets import oracle  # noqa: E402,F401

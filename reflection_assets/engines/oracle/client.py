@@ -165,6 +165,7 @@ class OracleClient:
                     self.budget_exhausted = True
                     self.stats.budget_stopped += 1
                     writer.add(request, self._failure(request, ErrorKind.BUDGET, "not sent: budget reached", attempt))
+                    progress.done += 1
                     return
                 if rpm:
                     await rpm.take(1)

@@ -100,11 +100,11 @@ class TokenBucket:
 
 
 def backoff_delay(attempt: int, retry_after: float | None, base_s: float = 0.5, cap_s: float = 60.0) -> float:
-    """Exponential backoff with full jitter; a server's Retry-After is a floor."""
-    jittered = random.uniform(0, min(cap_s, base_s * 2**attempt))
+    """The server's Retry-After plus a little jitter when it gave one; otherwise
+    exponential backoff with full jitter, capped."""
     if retry_after is not None:
         return min(cap_s * 5, retry_after + random.uniform(0, base_s))
-    return jittered
+    return random.uniform(0, min(cap_s, base_s * 2**attempt))
 
 
 def parse_retry_after(value: str | None) -> float | None:

@@ -4,7 +4,7 @@ REFLECTION_JUDGE_* for the judge, each judge setting falling back to the oracle'
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 
 from reflection_assets.method.requests import SamplingSettings
 
@@ -145,6 +145,3 @@ def settings_from_env(
             )
     return OracleSettings(**values)  # type: ignore[arg-type]
 
-
-def with_overrides(settings: OracleSettings, **changes: object) -> OracleSettings:
-    return replace(settings, **{k: v for k, v in changes.items() if v is not None})
