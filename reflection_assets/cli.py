@@ -8,6 +8,8 @@ from collections import defaultdict
 
 from reflection_assets.engines.datasets import DatasetError, parse_field_map
 from reflection_assets.engines.sources import FORMATS
+from reflection_assets.engines.testsets import FORMATS as TESTSET_FORMATS
+from reflection_assets.engines.testsets import TestsetError
 from reflection_assets.engines.storage import StorageError
 
 
@@ -39,6 +41,44 @@ def cmd_datasets_list(args: argparse.Namespace) -> int:
         extra = f"  format={spec.format}" if spec.format else ""
         extra += f"  fields={spec.field_map}" if spec.field_map else ""
         print(f"{spec.name:<{width}}  {spec.source}{extra}")
+    return 0
+
+
+def cmd_testsets_add(args: argparse.Namespace) -> int:
+    from reflection_assets.engines.testsets import TestsetRegistry
+
+    spec, count = TestsetRegistry(_storage().db()).add(args.name, args.source, args.format)
+    print(f"test set {spec.name}: {count} prompts from {spec.source}" + (f" ({spec.format})" if spec.format else ""))
+    return 0
+
+
+def cmd_testsets_list(args: argparse.Namespace) -> int:
+    from reflection_assets.engines.testsets import TestsetRegistry
+
+    specs = TestsetRegistry(_storage().db()).list()
+    width = max(len(s.name) for s in specs)
+    for spec in specs:
+        print(f"{spec.name:<{width}}  {spec.source}" + (f"  format={spec.format}" if spec.format else ""))
+    return 0
+
+
+def _print_scores(names: list[str]) -> bool:
+    from reflection_assets.engines.benchmark import latest_report
+
+    db = _storage().db()
+    printed = False
+    for name in names:
+        lines = latest_report(db, name)
+        if lines:
+            print("\n" + "\n".join(lines))
+            printed = True
+    return printed
+
+
+def cmd_scores(args: argparse.Namespace) -> int:
+    names = [args.dataset] if args.dataset else [s.name for s in _storage().registry().list()]
+    if not _print_scores(names):
+        print("no benchmark scores yet: materialize benchmark_scores (e.g. `reflection run --select benchmark_scores`)")
     return 0
 
 
@@ -123,6 +163,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                 instance, defs, JOB_FOR_PARTITIONS[DATASETS], dataset_keys, spec.name, args.log_level, asset_config
             )
     _print_summary(outcomes)
+    if any(k.to_user_string() == "benchmark_scores" for k in dataset_keys):
+        _print_scores([o.dataset for o in outcomes if o.success and o.shard is None])
     return 0 if all(o.success for o in outcomes) else 1
 
 
@@ -251,6 +293,20 @@ def build_parser() -> argparse.ArgumentParser:
     lst = dsub.add_parser("list", help="list registered datasets")
     lst.set_defaults(func=cmd_datasets_list)
 
+    testsets = sub.add_parser("testsets", help="register and list evaluation test sets")
+    tsub = testsets.add_subparsers(dest="testsets_command", required=True)
+    tadd = tsub.add_parser("add", help="register a test set file under a name")
+    tadd.add_argument("name", help="the name benchmark_scores' `testsets` setting uses")
+    tadd.add_argument("source", help="a JSON or JSON Lines file: Vicuna, Koala, WizardLM, Self-Instruct, LIMA or AlpacaEval")
+    tadd.add_argument("--format", choices=tuple(TESTSET_FORMATS), help="override detection from the first object")
+    tadd.set_defaults(func=cmd_testsets_add)
+    tlist = tsub.add_parser("list", help="list test sets (bundled is always there)")
+    tlist.set_defaults(func=cmd_testsets_list)
+
+    scores = sub.add_parser("scores", help="print the latest benchmark scores")
+    scores.add_argument("--dataset", help="one registered dataset (default: all)")
+    scores.set_defaults(func=cmd_scores)
+
     run = sub.add_parser("run", help="materialize assets headless, as the UI would")
     run.add_argument("--dataset", help="one registered dataset (default: all)")
     run.add_argument("--select", help="comma-separated asset names (default: every asset)")
@@ -300,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (DatasetError, StorageError, RunRequestError, ExportError, LineageError, ValueError) as exc:
+    except (DatasetError, TestsetError, StorageError, RunRequestError, ExportError, LineageError, ValueError) as exc:
         print(f"reflection: {exc}", file=sys.stderr)
         return 2
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 import dagster as dg
 
 from reflection_assets.assets.adapters import baseline_adapter, recycled_adapter
+from reflection_assets.assets.benchmark import benchmark_scores
 from reflection_assets.assets.partitions import DATASETS, RECORD_PARTITIONS
 from reflection_assets.assets.raw import raw_dataset
 from reflection_assets.assets.reflection import recycled_dataset, reflected_instructions, reflected_responses
-from reflection_assets.assets.resources import OracleResource, StorageResource
+from reflection_assets.assets.resources import JudgeResource, OracleResource, StorageResource
 
 # Assets partitioned by dataset x shard, in graph order.
 RECORD_ASSETS = [raw_dataset, reflected_instructions, reflected_responses, recycled_dataset]
@@ -21,12 +22,12 @@ recycle_shards = dg.define_asset_job(
 )
 
 # Assets partitioned by dataset alone: they read every shard of it.
-DATASET_ASSETS = [baseline_adapter, recycled_adapter]
+DATASET_ASSETS = [baseline_adapter, recycled_adapter, benchmark_scores]
 
 train_and_score = dg.define_asset_job(
     "train_and_score",
     selection=dg.AssetSelection.assets(*DATASET_ASSETS),
-    description="The dataset-level stages (adapters) for one dataset partition.",
+    description="The dataset-level stages (adapters, then benchmark scores) for one dataset partition.",
 )
 
 # Which job runs assets of each partitioning; `reflection run` launches through these, in
@@ -36,5 +37,5 @@ JOB_FOR_PARTITIONS = {RECORD_PARTITIONS: recycle_shards.name, DATASETS: train_an
 defs = dg.Definitions(
     assets=[*RECORD_ASSETS, *DATASET_ASSETS],
     jobs=[recycle_shards, train_and_score],
-    resources={"storage": StorageResource(), "oracle": OracleResource()},
+    resources={"storage": StorageResource(), "oracle": OracleResource(), "judge": JudgeResource()},
 )

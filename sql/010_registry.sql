@@ -8,3 +8,13 @@ CREATE TABLE IF NOT EXISTS registry.datasets (
     added_at    TIMESTAMP NOT NULL DEFAULT current_timestamp,
     updated_at  TIMESTAMP NOT NULL DEFAULT current_timestamp
 );
+
+-- Evaluation test sets registered with `reflection testsets add NAME FILE`; the bundled
+-- prompts are always available as `bundled` and need no row here.
+CREATE TABLE IF NOT EXISTS registry.testsets (
+    name        VARCHAR PRIMARY KEY,
+    source      VARCHAR NOT NULL,   -- a path, or bundled:NAME
+    format      VARCHAR,            -- vicuna, koala, wizardlm, self-instruct, lima, alpaca-eval; NULL = detect
+    added_at    TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    updated_at  TIMESTAMP NOT NULL DEFAULT current_timestamp
+);

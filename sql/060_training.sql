@@ -25,3 +25,12 @@ CREATE TABLE IF NOT EXISTS training.adapter_records (
     adapter_id  VARCHAR NOT NULL,
     record_id   VARCHAR NOT NULL
 );
+
+-- The adapter each dataset's variant last materialized: what benchmark_scores evaluates.
+CREATE TABLE IF NOT EXISTS training.current_adapters (
+    dataset     VARCHAR NOT NULL,
+    variant     VARCHAR NOT NULL,
+    adapter_id  VARCHAR NOT NULL,
+    updated_at  TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    PRIMARY KEY (dataset, variant)
+);

@@ -36,6 +36,12 @@ def instance(home: Path):
         yield inst
 
 
+@pytest.fixture(scope="session")
+def shared_artifacts(tmp_path_factory):
+    """One conversion of the embedded model for every test that loads it."""
+    return tmp_path_factory.mktemp("artifacts")
+
+
 def write_json(path: Path, rows: list) -> Path:
     path.write_text(json.dumps(rows, ensure_ascii=False))
     return path

@@ -1,11 +1,11 @@
 """baseline_adapter and recycled_adapter: the same student, LoRA-tuned the same way, on the
 original and on the recycled data of one dataset."""
 
-import base64
 from typing import Optional
 
 import dagster as dg
 
+from reflection_assets.assets.metadata import png_markdown
 from reflection_assets.assets.partitions import DATASETS
 from reflection_assets.assets.raw import raw_dataset
 from reflection_assets.assets.reflection import recycled_dataset
@@ -37,6 +37,7 @@ class AdapterConfig(dg.Config):
     grad_accumulation: int = D.grad_accumulation
     max_length: int = D.max_length
     eval_fraction: float = D.eval_fraction
+    holdout_fraction: float = D.holdout_fraction
     seed: int = D.seed
     precision: str = D.precision
 
@@ -67,8 +68,7 @@ def _metadata(adapter: Adapter) -> dict:
         metadata["tokens_per_s"] = reg["tokens_per_s"]
     plot = adapter.path / "loss.png"
     if plot.exists():
-        encoded = base64.b64encode(plot.read_bytes()).decode()
-        metadata["loss_curve"] = dg.MetadataValue.md(f"![loss curve](data:image/png;base64,{encoded})")
+        metadata["loss_curve"] = png_markdown(plot, "loss curve")
     return metadata
 
 

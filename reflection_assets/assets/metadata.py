@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+from pathlib import Path
+
 import dagster as dg
 import polars as pl
-
 
 
 def one_line(value: object, width: int = 100) -> str:
@@ -32,3 +34,9 @@ def column_schema(columns: dict[str, tuple[str, str]]) -> dg.TableSchema:
     return dg.TableSchema(
         columns=[dg.TableColumn(name, kind, description=desc) for name, (kind, desc) in columns.items()]
     )
+
+
+def png_markdown(path: Path, alt: str) -> dg.MetadataValue:
+    """A PNG inline in markdown metadata: the UI shows the picture itself."""
+    encoded = base64.b64encode(path.read_bytes()).decode()
+    return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{encoded})")

@@ -29,13 +29,29 @@ class Adapter:
     train_losses: list[float]
 
 
-def training_rows(db: Database, dataset: str, variant: str) -> list[tuple[str, str, str, str]]:
+def held_out(record_id: str, fraction: float) -> bool:
+    """Whether a record belongs to the held-out slice: decided by its id alone, so the
+    baseline and the recycled adapter leave out the same records."""
+    return int(record_id[:8], 16) / 16**8 < fraction
+
+
+def training_rows(
+    db: Database, dataset: str, variant: str, holdout_fraction: float = 0.0
+) -> list[tuple[str, str, str, str]]:
     with db.connect() as con:
-        return con.execute(
+        rows = con.execute(
             f"SELECT record_id, instruction, input, output FROM {VARIANT_SOURCES[variant]} "
             "WHERE dataset = ? ORDER BY record_id",
             [dataset],
         ).fetchall()
+    return [row for row in rows if not held_out(row[0], holdout_fraction)]
+
+
+# The adapter the variant's asset last materialized: what benchmark_scores evaluates.
+SET_CURRENT = """
+    INSERT INTO training.current_adapters (dataset, variant, adapter_id) VALUES (?, ?, ?)
+    ON CONFLICT (dataset, variant) DO UPDATE SET adapter_id = excluded.adapter_id, updated_at = now()
+"""
 
 
 def data_fingerprint(rows: list[tuple[str, str, str, str]]) -> str:
@@ -85,7 +101,9 @@ def train_or_reuse(
     config: TrainConfig,
     log: Callable[[str], None] = print,
 ) -> Adapter:
-    rows = training_rows(db, dataset, variant)
+    if not 0 <= config.holdout_fraction < 1:
+        raise TrainingError(f"holdout_fraction={config.holdout_fraction}: expected at least 0 and below 1")
+    rows = training_rows(db, dataset, variant, config.holdout_fraction)
     if not rows:
         asset = "raw_dataset" if variant == "baseline" else "recycled_dataset"
         raise TrainingError(f"no training rows for {dataset!r} ({variant}): materialize {asset} for its shards first")
@@ -97,6 +115,8 @@ def train_or_reuse(
         log(f"adapter {adapter_id} already trained on these {len(rows)} rows with this config: reused")
         log_file = out / "training_log.json"
         losses = json.loads(log_file.read_text())["train_losses"] if log_file.exists() else []
+        with db.connect() as con:
+            con.execute(SET_CURRENT, [dataset, variant, adapter_id])
         return Adapter(adapter_id, out, True, existing, losses)
 
     partial = out.with_name(f".{adapter_id}.partial")
@@ -140,5 +160,6 @@ def train_or_reuse(
             list(registry.values()),
         )
         con.execute("INSERT INTO training.adapter_records SELECT adapter_id, record_id FROM record_ids")
+        con.execute(SET_CURRENT, [dataset, variant, adapter_id])
     registry["tokens_per_s"] = result.tokens_per_s
     return Adapter(adapter_id, out, False, registry, result.train_losses)

@@ -41,6 +41,9 @@ class TrainConfig:
     grad_accumulation: int = 1
     max_length: int = 256
     eval_fraction: float = 0.1
+    # Records whose id falls in this fraction (by hash, the same for every variant) are kept
+    # out of training altogether: benchmark_scores measures held-out loss on them.
+    holdout_fraction: float = 0.1
     seed: int = 42
     precision: str = "auto"  # auto: bfloat16 autocast where supported; or float32
     log_every_s: float = 10.0

@@ -121,3 +121,21 @@ def test_run_takes_asset_settings_from_a_file(tmp_path):
     ghost.write_text("nope:\n  x: 1\n")
     unknown = reflection("run", "--select", "raw_dataset", "--config", str(ghost), env=env)
     assert unknown.returncode == 2 and "config for unknown asset(s) nope" in unknown.stderr
+
+
+def test_testsets_and_scores_commands(tmp_path):
+    env = make_env(tmp_path / "home")
+    good = tmp_path / "wizard.jsonl"
+    good.write_text('{"idx": 1, "Skill": "Math", "Instruction": "Add 2 and 3."}\n')
+    added = reflection("testsets", "add", "wizard", str(good), env=env)
+    assert added.returncode == 0, added.stderr
+    assert "test set wizard: 1 prompts" in added.stdout
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"idx": 1, "Skill": "Math", "Instruction": "ok"}\n{"idx": 2, "Instruction": 7}\n')
+    refused = reflection("testsets", "add", "bad", str(bad), env=env)
+    assert refused.returncode == 2
+    assert f"{bad}, line 2 (wizardlm): expected a non-empty string in 'Instruction'" in refused.stderr
+    listed = reflection("testsets", "list", env=env)
+    assert [line.split()[0] for line in listed.stdout.splitlines()] == ["bundled", "wizard"]
+    scores = reflection("scores", env=env)
+    assert scores.returncode == 0 and "no benchmark scores yet" in scores.stdout

@@ -8,6 +8,7 @@ import dagster as dg
 import duckdb
 import pytest
 
+from reflection_assets.engines.adapters import held_out
 from reflection_assets.engines.models import EMBEDDED_GGUF, ModelError, embedded_gguf
 from reflection_assets.engines.student import (
     IGNORE,
@@ -48,12 +49,6 @@ def tokenizer_only_model(tmp_path_factory, tokenizer):
     gguf = embedded_gguf()
     AutoConfig.from_pretrained(gguf.parent, gguf_file=EMBEDDED_GGUF).save_pretrained(folder)
     return folder
-
-
-@pytest.fixture(scope="session")
-def shared_artifacts(tmp_path_factory):
-    """One conversion of the embedded model for every slow test."""
-    return tmp_path_factory.mktemp("artifacts")
 
 
 def test_loss_is_masked_to_the_response(tokenizer):
@@ -175,8 +170,12 @@ def test_the_adapter_assets_through_dagster(home, instance, oracle, tmp_path, sh
     with duckdb.connect(str(home / "reflection.duckdb")) as con:
         registry = con.execute("SELECT variant, path, steps, records FROM training.adapters ORDER BY variant").fetchall()
         linked = con.execute("SELECT count(*) FROM training.adapter_records").fetchone()[0]
-    assert [(v, s, r) for v, _, s, r in registry] == [("baseline", 2, 18), ("recycled", 2, 18)]
-    assert linked == 36
+    with duckdb.connect(str(home / "reflection.duckdb")) as con:
+        ids = [r for (r,) in con.execute("SELECT record_id FROM raw.records").fetchall()]
+    trained = sum(not held_out(r, 0.1) for r in ids)  # the holdout slice stays out of both
+    assert 0 < trained < len(ids) == 18
+    assert [(v, s, r) for v, _, s, r in registry] == [("baseline", 2, trained), ("recycled", 2, trained)]
+    assert linked == 2 * trained
     for _, path, _, _ in registry:
         config = json.loads((Path(path) / "adapter_config.json").read_text())
         assert config["peft_type"] == "LORA" and (Path(path) / "adapter_model.safetensors").exists()

@@ -1,0 +1,70 @@
+"""The oracle and the judge as observable source assets. Their data version is the
+fingerprint of what changes their replies (backend, model, sampling, prompt version), so
+the assets that call them become stale exactly when a different oracle would answer, and
+the automation re-materializes only those."""
+
+import dagster as dg
+
+from reflection_assets.assets.resources import OWNER
+from reflection_assets.engines.oracle.settings import OracleSettings
+from reflection_assets.method import prompts
+from reflection_assets.method.judging import JUDGE_PROMPT_VERSION
+
+DATA_VERSION_TAG = "dagster/data_version"
+
+
+def described(settings: OracleSettings, prompt_version: str) -> dict:
+    """What a person wants to see about an oracle: never the key, the URL only as given."""
+    return {
+        "fingerprint": settings.fingerprint(prompt_version),
+        "backend": settings.backend,
+        "model": settings.model,
+        "base_url": settings.base_url or "(embedded model)" if settings.backend == "local" else settings.base_url or "",
+        "temperature": settings.temperature,
+        "max_tokens": settings.max_tokens or 0,
+        "prompt_version": prompt_version,
+        "api_key": "set" if settings.api_key else "not set",
+    }
+
+
+def observation(settings: OracleSettings, prompt_version: str) -> dg.ObserveResult:
+    facts = described(settings, prompt_version)
+    return dg.ObserveResult(data_version=dg.DataVersion(facts["fingerprint"]), metadata=facts)
+
+
+def log_oracle_version(context: dg.AssetExecutionContext, key: str, settings: OracleSettings, prompt_version: str) -> None:
+    """Record, from inside a materialization, the oracle version it is about to use: its
+    provenance then names the oracle that really answered, even when nobody observed the
+    oracle first (a run from the UI launchpad with other resource settings, say)."""
+    facts = described(settings, prompt_version)
+    context.log_event(
+        dg.AssetObservation(asset_key=key, metadata=facts, tags={DATA_VERSION_TAG: str(facts["fingerprint"])})
+    )
+
+
+@dg.observable_source_asset(
+    name="oracle",
+    group_name="oracles",
+    required_resource_keys={"oracle"},
+    description="The oracle LLM that reflects (REFLECTION_ORACLE_*). Its data version is the "
+    "fingerprint of backend, model, sampling and prompt version: when it changes, the "
+    "materialized reflection shards are stale and the automation re-materializes them.",
+    tags={"stage": "oracle"},
+    metadata={"owner": OWNER},
+)
+def oracle(context) -> dg.ObserveResult:
+    return observation(context.resources.oracle.settings(), prompts.PROMPT_VERSION)
+
+
+@dg.observable_source_asset(
+    name="judge",
+    group_name="oracles",
+    required_resource_keys={"judge"},
+    description="The judge LLM of the benchmarks (REFLECTION_JUDGE_*, each falling back to "
+    "the oracle's value). Its data version is its fingerprint with the judge prompt version: "
+    "when it changes, benchmark_scores is stale (answers are kept, only judging is redone).",
+    tags={"stage": "oracle"},
+    metadata={"owner": OWNER},
+)
+def judge(context) -> dg.ObserveResult:
+    return observation(context.resources.judge.settings(), JUDGE_PROMPT_VERSION)

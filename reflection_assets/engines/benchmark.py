@@ -1,0 +1,597 @@
+"""Benchmarking a dataset's adapters: each model answers every test prompt (greedy,
+batched, answers stored by what made them), the judge compares the recycled adapter with
+the baseline in both orders (replies cached by the oracle layer), outcomes and winning
+scores are tallied, and each model's loss on held-out reference answers is measured.
+
+Re-scoring never regenerates an answer or re-asks the judge: a fully cached run loads no
+model and sends no request."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+from reflection_assets.engines.adapters import VARIANT_SOURCES, held_out
+from reflection_assets.engines.oracle.client import OracleClient
+from reflection_assets.engines.storage import Database
+from reflection_assets.engines.testsets import TestPrompt
+from reflection_assets.method.judging import (
+    JUDGE_PROMPT_VERSION,
+    UNPARSED,
+    Tally,
+    judge_messages,
+    order_verdict,
+    outcome,
+    parse_scores,
+)
+
+Log = Callable[[str], None]
+
+
+class BenchmarkError(Exception):
+    """A benchmark that cannot run on this input. The message is meant for the user."""
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    max_new_tokens: int = 128
+    batch_size: int = 16
+    dtype: str = "auto"  # auto: bfloat16 where the hardware has it
+
+    def key(self, layout: str, resolved_dtype: str) -> str:
+        payload = json.dumps(
+            {"decoding": "greedy", "max_new_tokens": self.max_new_tokens, "dtype": resolved_dtype, "layout": layout},
+            sort_keys=True,
+        )
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Model:
+    """A model under evaluation: a registered adapter on its base model, or the base alone."""
+
+    name: str  # baseline, recycled, base
+    key: str  # the adapter id, or base:<model>
+    base_model: str
+    template: str
+    adapter_path: Path | None = None
+    holdout_fraction: float = 0.0  # the adapter's held-out slice of its dataset
+
+
+@dataclass
+class BenchmarkResult:
+    run_id: str
+    scores: pl.DataFrame  # comparison, testset, category, win, tie, lose, unparsed, winning_score
+    heldout: pl.DataFrame  # model, reference, examples, loss, perplexity
+    prompts: int = 0
+    generated: int = 0  # answers generated in this run (the rest were stored already)
+    judge_requests: int = 0
+    unparsed_replies: int = 0
+    oracle_errors: int = 0
+    judge_fingerprint: str = ""
+    stats: dict[str, float | int] = field(default_factory=dict)
+
+    def headline(self, comparison: str = "recycled_vs_baseline") -> dict[str, object] | None:
+        rows = self.scores.filter((pl.col("comparison") == comparison) & (pl.col("category") == "all"))
+        if rows.is_empty():
+            return None
+        win, tie, lose, unparsed = (int(rows[c].sum()) for c in ("win", "tie", "lose", "unparsed"))
+        tally = Tally(win, tie, lose, unparsed)
+        return {"win": win, "tie": tie, "lose": lose, "unparsed": unparsed, "winning_score": tally.winning_score}
+
+
+def models_for(db: Database, dataset: str, compare_base: bool) -> list[Model]:
+    with db.connect() as con:
+        rows = con.execute(
+            "SELECT c.variant, a.adapter_id, a.base_model, a.config_json, a.path "
+            "FROM training.current_adapters c JOIN training.adapters a USING (adapter_id) "
+            "WHERE c.dataset = ? ORDER BY c.variant",
+            [dataset],
+        ).fetchall()
+    found = {variant: row for variant, *row in rows}
+    missing = [v for v in ("baseline", "recycled") if v not in found]
+    if missing:
+        raise BenchmarkError(
+            f"dataset {dataset!r} has no {' or '.join(missing)} adapter yet: materialize "
+            + " and ".join(f"{v}_adapter" for v in missing)
+            + " first"
+        )
+    models = []
+    for variant in ("baseline", "recycled"):
+        adapter_id, base_model, config_json, path = found[variant]
+        if not Path(path).exists():
+            raise BenchmarkError(f"the {variant} adapter's folder {path} is gone: materialize {variant}_adapter again")
+        config = json.loads(config_json)
+        models.append(
+            Model(variant, adapter_id, base_model, config["template"], Path(path), config.get("holdout_fraction", 0.0))
+        )
+    if models[0].base_model != models[1].base_model:
+        raise BenchmarkError(
+            f"the baseline ({models[0].base_model}) and recycled ({models[1].base_model}) adapters "
+            "have different base models: the comparison would not be about the data"
+        )
+    if compare_base:
+        models.append(Model("base", f"base:{models[0].base_model}", models[0].base_model, models[0].template))
+    return models
+
+
+def comparisons_for(models: Sequence[Model]) -> list[tuple[str, str]]:
+    """(model under test, reference): recycled vs baseline, and against the bare base model
+    when it is evaluated too."""
+    names = {m.name for m in models}
+    pairs = [("recycled", "baseline")]
+    if "base" in names:
+        pairs += [("recycled", "base"), ("baseline", "base")]
+    return pairs
+
+
+# ---------------------------------------------------------------- answering
+
+
+class _Loaded:
+    """One model in memory, loaded on first use: a fully cached run loads nothing."""
+
+    def __init__(self, model: Model, artifacts: str | Path, log: Log):
+        self.model, self.artifacts, self.log = model, artifacts, log
+        self._lm = None
+        self._tokenizer = None
+        self.layout: str | None = None
+
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from reflection_assets.engines.models import load_tokenizer
+            from reflection_assets.engines.student import resolve_template
+
+            self._tokenizer = load_tokenizer(self.model.base_model, self.artifacts)
+            self._tokenizer.padding_side = "left"
+            self.layout = resolve_template(self._tokenizer, self.model.template)
+        return self._tokenizer
+
+    def lm(self):
+        if self._lm is None:
+            from reflection_assets.engines.models import load_causal_lm
+
+            self.tokenizer()
+            lm, _ = load_causal_lm(self.model.base_model, self.artifacts)
+            if self.model.adapter_path is not None:
+                from peft import PeftModel
+
+                lm = PeftModel.from_pretrained(lm, str(self.model.adapter_path)).merge_and_unload()
+            import torch
+
+            lm.to("cuda" if torch.cuda.is_available() else "cpu").eval()
+            self.log(f"loaded {self.model.name} ({self.model.key})")
+            self._lm = lm
+        return self._lm
+
+    def prompt(self, text: str) -> str:
+        from reflection_assets.engines.student import VICUNA_TEMPLATE
+
+        tokenizer = self.tokenizer()
+        if self.layout == "vicuna":
+            return VICUNA_TEMPLATE.format(prompt=text)
+        return tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False)
+
+    def generate(self, texts: Sequence[str], settings: GenerationSettings, dtype: str) -> list[tuple[str, str, int]]:
+        """(answer, finish_reason, new tokens) per prompt text, greedy."""
+        import torch
+
+        lm, tokenizer = self.lm(), self.tokenizer()
+        lm.to(getattr(torch, dtype))
+        encoded = tokenizer([self.prompt(t) for t in texts], return_tensors="pt", padding=True, add_special_tokens=False)
+        encoded = {k: v.to(lm.device) for k, v in encoded.items()}
+        with torch.inference_mode():
+            output = lm.generate(
+                **encoded,
+                max_new_tokens=settings.max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+        width = encoded["input_ids"].shape[1]
+        answers = []
+        for row in output:
+            new = row[width:].tolist()
+            ended = tokenizer.eos_token_id in new
+            kept = new[: new.index(tokenizer.eos_token_id)] if ended else [t for t in new if t != tokenizer.pad_token_id]
+            answers.append((tokenizer.decode(kept, skip_special_tokens=True).strip(), "stop" if ended else "length", len(kept)))
+        return answers
+
+
+def answer_all(
+    db: Database,
+    loaded: _Loaded,
+    prompts: Sequence[TestPrompt],
+    settings: GenerationSettings,
+    dtype: str,
+    log: Log,
+) -> tuple[dict[str, str], int]:
+    """{prompt_hash: answer} for every prompt, generating only what is not stored yet."""
+    loaded.tokenizer()
+    generation_key = settings.key(loaded.layout or "", dtype)
+    unique = {p.prompt_hash: p.text for p in prompts}
+    with db.connect() as con:
+        stored = dict(
+            con.execute(
+                "SELECT prompt_hash, answer FROM bench.answers WHERE model_key = ? AND generation_key = ?",
+                [loaded.model.key, generation_key],
+            ).fetchall()
+        )
+    missing = [(h, t) for h, t in unique.items() if h not in stored]
+    if missing:
+        log(f"{loaded.model.name}: generating {len(missing)} answers ({len(unique) - len(missing)} stored)")
+    tokenizer = loaded.tokenizer() if missing else None
+    # Similar lengths together: less padding in each batch.
+    missing.sort(key=lambda item: len(tokenizer(item[1])["input_ids"]) if tokenizer else 0)
+    for start in range(0, len(missing), settings.batch_size):
+        batch = missing[start : start + settings.batch_size]
+        answers = loaded.generate([t for _, t in batch], settings, dtype)
+        frame = pl.DataFrame(  # noqa: F841 (read by DuckDB by its name)
+            {
+                "model_key": [loaded.model.key] * len(batch),
+                "prompt_hash": [h for h, _ in batch],
+                "generation_key": [generation_key] * len(batch),
+                "prompt": [t for _, t in batch],
+                "answer": [a for a, _, _ in answers],
+                "finish_reason": [f for _, f, _ in answers],
+                "new_tokens": [n for _, _, n in answers],
+            }
+        )
+        with db.connect() as con:  # each batch is kept as soon as it exists
+            con.execute(
+                "INSERT OR REPLACE INTO bench.answers (model_key, prompt_hash, generation_key, prompt, answer, "
+                "finish_reason, new_tokens) SELECT * FROM frame"
+            )
+        stored.update({h: a for (h, _), (a, _, _) in zip(batch, answers, strict=True)})
+        log(f"{loaded.model.name}: {min(start + len(batch), len(missing))}/{len(missing)} answers generated")
+    return {p.prompt_hash: stored[p.prompt_hash] for p in prompts}, len(missing)
+
+
+# ---------------------------------------------------------------- held-out loss
+
+
+def heldout_references(db: Database, dataset: str, models: Sequence[Model], fraction: float) -> dict[str, list]:
+    """Reference pairs no evaluated adapter trained on: the held-out slice of the dataset,
+    with its original and its recycled answers. Records that some adapter did train on
+    (say, one trained with another holdout fraction) are left out."""
+    adapter_ids = [m.key for m in models if m.adapter_path is not None]
+    references: dict[str, list] = {}
+    with db.connect() as con:
+        for reference, table in (("original", VARIANT_SOURCES["baseline"]), ("recycled", VARIANT_SOURCES["recycled"])):
+            rows = con.execute(
+                f"SELECT record_id, instruction, input, output FROM {table} WHERE dataset = ? "
+                "AND record_id NOT IN (SELECT record_id FROM training.adapter_records WHERE adapter_id IN "
+                f"({', '.join('?' * len(adapter_ids))})) ORDER BY record_id",
+                [dataset, *adapter_ids],
+            ).fetchall()
+            references[reference] = [r for r in rows if held_out(r[0], fraction)]
+    return references
+
+
+def _loss_key(model: Model, reference: str, rows: Sequence[tuple], precision: str) -> str:
+    payload = json.dumps([model.key, reference, precision, [list(r) for r in rows]], ensure_ascii=False)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def heldout_loss(
+    db: Database,
+    loaded: _Loaded,
+    references: dict[str, list],
+    max_length: int,
+    precision: str,
+) -> list[dict[str, object]]:
+    from reflection_assets.engines.student import build_examples, mean_loss, prompt_text
+
+    results = []
+    for reference, rows in references.items():
+        if not rows:
+            continue
+        key = _loss_key(loaded.model, reference, rows, precision)
+        with db.connect() as con:
+            known = con.execute(
+                "SELECT examples, loss FROM bench.heldout_loss WHERE loss_key = ? LIMIT 1", [key]
+            ).fetchone()
+        if known is None:
+            tokenizer = loaded.tokenizer()
+            examples = build_examples(tokenizer, loaded.layout or "chat", rows, max_length)
+            if not examples:
+                continue
+            loss = mean_loss(loaded.lm(), examples, tokenizer.pad_token_id, 8, precision)
+            known = (len(examples), loss)
+        results.append(
+            {
+                "model": loaded.model.name,
+                "reference": reference,
+                "examples": int(known[0]),
+                "loss": float(known[1]),
+                "perplexity": math.exp(min(float(known[1]), 50.0)),
+                "loss_key": key,
+            }
+        )
+    return results
+
+
+# ---------------------------------------------------------------- judging
+
+
+@dataclass(frozen=True)
+class _Order:
+    comparison: str
+    testset: str
+    prompt: TestPrompt
+    test_first: bool
+    request_key: str
+
+
+def judge_all(
+    client: OracleClient,
+    testsets: dict[str, list[TestPrompt]],
+    answers: dict[str, dict[str, str]],
+    comparisons: Sequence[tuple[str, str]],
+) -> tuple[list[dict[str, object]], list[dict[str, object]], dict[str, int]]:
+    """(judgment rows, outcome rows, counts). Each pair is judged in both orders; requests
+    that are the same (say, both answers identical) are sent once."""
+    orders: list[_Order] = []
+    requests = {}
+    for test, ref in comparisons:
+        comparison = f"{test}_vs_{ref}"
+        for testset, prompts in testsets.items():
+            for prompt in prompts:
+                a_test, a_ref = answers[test][prompt.prompt_hash], answers[ref][prompt.prompt_hash]
+                for test_first in (True, False):
+                    first, second = (a_test, a_ref) if test_first else (a_ref, a_test)
+                    request = client.request(judge_messages(prompt.text, first, second), JUDGE_PROMPT_VERSION)
+                    requests[request.key] = request
+                    orders.append(_Order(comparison, testset, prompt, test_first, request.key))
+    replies = {reply.request_key: reply for reply in client.complete_many(requests.values())}
+    judgments, verdicts = [], {}
+    counts = {"requests": len(requests), "unparsed": 0, "oracle_errors": 0}
+    for order in orders:
+        reply = replies.get(order.request_key)
+        failed = reply is None or reply.error is not None
+        scores = None if failed else parse_scores(reply.text)
+        status = "oracle_error" if failed else ("ok" if scores is not None else UNPARSED)
+        counts["oracle_errors" if failed else "unparsed"] += status != "ok"
+        test_score = ref_score = None
+        if scores is not None:
+            test_score, ref_score = (scores.first, scores.second) if order.test_first else (scores.second, scores.first)
+        head = None if failed else (reply.text or "").strip().split("\n", 1)[0][:200]
+        judgments.append(
+            {
+                "comparison": order.comparison,
+                "testset": order.testset,
+                "prompt_id": order.prompt.prompt_id,
+                "test_first": order.test_first,
+                "request_key": order.request_key,
+                "score_test": test_score,
+                "score_ref": ref_score,
+                "status": status,
+                "reply_head": head if not failed else (reply.error if reply is not None else "no reply"),
+            }
+        )
+        verdicts[(order.comparison, order.testset, order.prompt.prompt_id, order.test_first)] = (
+            order.prompt,
+            order_verdict(scores, order.test_first),
+        )
+    outcomes = []
+    for (comparison, testset, prompt_id, test_first), (prompt, verdict) in verdicts.items():
+        if not test_first:
+            continue
+        other = verdicts[(comparison, testset, prompt_id, False)][1]
+        outcomes.append(
+            {
+                "comparison": comparison,
+                "testset": testset,
+                "prompt_id": prompt_id,
+                "category": prompt.category,
+                "outcome": outcome(verdict, other),
+            }
+        )
+    return judgments, outcomes, counts
+
+
+def summarise(outcomes: pl.DataFrame) -> pl.DataFrame:
+    """Counts and winning score per comparison, test set and category ('all': the set)."""
+    groups = []
+    for keys, frame in outcomes.group_by(["comparison", "testset", "category"], maintain_order=True):
+        groups.append((*keys, frame["outcome"].to_list()))
+    for keys, frame in outcomes.group_by(["comparison", "testset"], maintain_order=True):
+        groups.append((*keys, "all", frame["outcome"].to_list()))
+    rows = []
+    for comparison, testset, category, values in groups:
+        tally = Tally.of(values)
+        rows.append(
+            {
+                "comparison": comparison,
+                "testset": testset,
+                "category": category,
+                "win": tally.win,
+                "tie": tally.tie,
+                "lose": tally.lose,
+                "unparsed": tally.unparsed,
+                "winning_score": tally.winning_score,
+            }
+        )
+    schema = {
+        "comparison": pl.String, "testset": pl.String, "category": pl.String, "win": pl.Int64,
+        "tie": pl.Int64, "lose": pl.Int64, "unparsed": pl.Int64, "winning_score": pl.Float64,
+    }
+    return pl.DataFrame(rows, schema=schema).sort(
+        ["comparison", "testset", pl.col("category") != "all", "category"]
+    )
+
+
+# ---------------------------------------------------------------- the whole run
+
+
+def _digest(payload: object) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+def run_benchmark(
+    db: Database,
+    artifacts: str | Path,
+    dataset: str,
+    testsets: dict[str, list[TestPrompt]],
+    judge: OracleClient,
+    generation: GenerationSettings,
+    compare_base: bool = False,
+    loss_max_length: int = 512,
+    log: Log = print,
+) -> BenchmarkResult:
+    from reflection_assets.engines.oracle.settings import resolve_dtype
+
+    if generation.max_new_tokens < 1 or generation.batch_size < 1:
+        raise BenchmarkError("max_new_tokens and batch_size must be 1 or more")
+    if not testsets or not any(testsets.values()):
+        raise BenchmarkError("no test prompts: name at least one test set with prompts in it")
+    models = models_for(db, dataset, compare_base)
+    comparisons = comparisons_for(models)
+    dtype = resolve_dtype(generation.dtype)
+    judge_fingerprint = judge.fingerprint(JUDGE_PROMPT_VERSION)
+    run_id = _digest(
+        [dataset, [m.key for m in models], judge_fingerprint, asdict(generation), dtype,
+         {name: [asdict(p) for p in prompts] for name, prompts in testsets.items()}]
+    )
+    everything = [p for prompts in testsets.values() for p in prompts]
+    answers: dict[str, dict[str, str]] = {}
+    generated = 0
+    holdout = max(m.holdout_fraction for m in models)
+    references = heldout_references(db, dataset, models, holdout)
+    losses: list[dict[str, object]] = []
+    for model in models:
+        loaded = _Loaded(model, artifacts, log)
+        # The loss first, on the float32 weights (bfloat16 autocast, as in training); then
+        # generation, which may turn the weights to bfloat16.
+        losses += heldout_loss(db, loaded, references, loss_max_length, "auto")
+        answers[model.name], made = answer_all(db, loaded, everything, generation, dtype, log)
+        generated += made
+        del loaded  # one model in memory at a time
+    log(f"judging {len(comparisons)} comparison(s) on {len(everything)} prompts, both orders")
+    judgments, outcomes, counts = judge_all(judge, testsets, answers, comparisons)
+    if counts["oracle_errors"] == len(judgments):
+        first = next(j["reply_head"] for j in judgments)
+        raise BenchmarkError(
+            f"every judge call failed (first: {first}); the generated answers are stored and will "
+            "be reused when the judge works"
+        )
+    outcome_frame = pl.DataFrame(outcomes)
+    scores = summarise(outcome_frame)
+    heldout = pl.DataFrame(
+        losses,
+        schema={"model": pl.String, "reference": pl.String, "examples": pl.Int64, "loss": pl.Float64,
+                "perplexity": pl.Float64, "loss_key": pl.String},
+    )
+    _store(db, run_id, dataset, models, judge, judge_fingerprint, generation, dtype, testsets,
+           judgments, outcome_frame, scores, heldout)
+    return BenchmarkResult(
+        run_id=run_id,
+        scores=scores,
+        heldout=heldout.drop("loss_key"),
+        prompts=len(everything),
+        generated=generated,
+        judge_requests=counts["requests"],
+        unparsed_replies=counts["unparsed"],
+        oracle_errors=counts["oracle_errors"],
+        judge_fingerprint=judge_fingerprint,
+        stats=judge.stats.as_metadata(),
+    )
+
+
+def _store(db, run_id, dataset, models, judge, judge_fingerprint, generation, dtype, testsets,
+           judgments, outcome_frame, scores, heldout) -> None:
+    by_name = {m.name: m for m in models}
+    judgment_frame = pl.DataFrame(judgments).with_columns(  # noqa: F841 (read by DuckDB by name)
+        pl.lit(run_id).alias("run_id")
+    )
+    outcome_rows = outcome_frame.with_columns(pl.lit(run_id).alias("run_id"))  # noqa: F841
+    score_rows = scores.with_columns(pl.lit(run_id).alias("run_id"))  # noqa: F841
+    loss_rows = heldout.with_columns(pl.lit(run_id).alias("run_id"))  # noqa: F841
+    run_row = [
+        run_id, dataset, by_name["baseline"].key, by_name["recycled"].key, by_name["baseline"].base_model,
+        judge_fingerprint, judge.settings.model, json.dumps({**asdict(generation), "dtype": dtype}),
+        json.dumps({name: _digest([asdict(p) for p in prompts]) for name, prompts in testsets.items()}),
+    ]
+    with db.transaction() as con:
+        for table in ("runs", "judgments", "outcomes", "scores", "heldout_loss"):
+            con.execute(f"DELETE FROM bench.{table} WHERE run_id = ?", [run_id])
+        con.execute(
+            "INSERT INTO bench.runs (run_id, dataset, baseline_adapter, recycled_adapter, base_model, "
+            "judge_fingerprint, judge_model, generation_json, testsets_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            run_row,
+        )
+        con.execute(
+            "INSERT INTO bench.judgments BY NAME SELECT * FROM judgment_frame"
+        )
+        con.execute("INSERT INTO bench.outcomes BY NAME SELECT * FROM outcome_rows")
+        con.execute("INSERT INTO bench.scores BY NAME SELECT * FROM score_rows")
+        con.execute("INSERT INTO bench.heldout_loss BY NAME SELECT * FROM loss_rows")
+
+
+def plot_scores(scores: pl.DataFrame, path: Path, comparison: str = "recycled_vs_baseline") -> None:
+    """Stacked win / tie / lose / unparsed bars, one per test set."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = scores.filter((pl.col("comparison") == comparison) & (pl.col("category") == "all"))
+    names = rows["testset"].to_list()
+    fig, ax = plt.subplots(figsize=(6.4, 0.9 + 0.55 * max(1, len(names))), dpi=100)
+    left = [0] * len(names)
+    colors = {"win": "tab:green", "tie": "tab:gray", "lose": "tab:red", "unparsed": "tab:olive"}
+    for column, color in colors.items():
+        values = rows[column].to_list()
+        ax.barh(names, values, left=left, color=color, label=column)
+        left = [a + b for a, b in zip(left, values, strict=True)]
+    for y, (total, score) in enumerate(zip(left, rows["winning_score"].to_list(), strict=True)):
+        label = "n/a" if score is None else f"{score:.2f}"
+        ax.text(total, y, f"  winning score {label}", va="center", fontsize=8)
+    ax.set_xlabel("prompts")
+    ax.set_title(comparison.replace("_", " "))
+    ax.set_xlim(0, max(left + [1]) * 1.45)
+    ax.legend(loc="lower right", fontsize=8, ncols=4)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def latest_report(db: Database, dataset: str) -> list[str]:
+    """The latest benchmark run of a dataset as printable lines; empty when there is none."""
+    with db.connect() as con:
+        run = con.execute(
+            "SELECT run_id, baseline_adapter, recycled_adapter, judge_model, judge_fingerprint, created_at "
+            "FROM bench.latest WHERE dataset = ?",
+            [dataset],
+        ).fetchone()
+        if run is None:
+            return []
+        scores = con.execute(
+            "SELECT comparison, testset, win, tie, lose, unparsed, winning_score FROM bench.scores "
+            "WHERE run_id = ? AND category = 'all' ORDER BY comparison, testset",
+            [run[0]],
+        ).fetchall()
+        losses = con.execute(
+            "SELECT model, reference, examples, loss, perplexity FROM bench.heldout_loss WHERE run_id = ? "
+            "ORDER BY reference, model",
+            [run[0]],
+        ).fetchall()
+    lines = [
+        f"benchmark {run[0]} of {dataset} ({run[5]:%Y-%m-%d %H:%M}): recycled adapter {run[2]} vs "
+        f"baseline {run[1]}, judged by {run[3]} (fingerprint {run[4]})",
+        f"  {'comparison':<24} {'test set':<16} {'win':>5} {'tie':>5} {'lose':>5} {'unparsed':>9}  winning score",
+    ]
+    for comparison, testset, win, tie, lose, unparsed, score in scores:
+        shown = "n/a" if score is None else f"{score:.3f}"
+        lines.append(f"  {comparison:<24} {testset:<16} {win:>5} {tie:>5} {lose:>5} {unparsed:>9}  {shown}")
+    if losses:
+        lines.append("  held-out loss (mean response-token loss, lower is better):")
+        for model, reference, examples, loss, perplexity in losses:
+            lines.append(f"    {model:<9} on {reference:<9} answers ({examples} examples): loss {loss:.4f}, perplexity {perplexity:.2f}")
+    return lines

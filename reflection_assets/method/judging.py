@@ -1,0 +1,141 @@
+"""The pairwise judge of METHOD.md section 4, in our own words: the prompt, the parser of
+the two scores on the reply's first line, the per-prompt outcome from the two orders, and
+the winning score. Pure: no I/O."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from reflection_assets.method.requests import Message
+
+JUDGE_PROMPT_VERSION = "judge-v1"
+
+WIN, TIE, LOSE, UNPARSED = "win", "tie", "lose", "unparsed"
+OUTCOMES = (WIN, TIE, LOSE, UNPARSED)
+
+_SYSTEM = (
+    "You are a careful, impartial reviewer of answers written by AI assistants. You compare "
+    "answers on their merits, never on their position or their length alone."
+)
+
+_USER = """Read the question and the two answers below.
+
+[Question]
+{question}
+
+[The Start of Assistant 1's Answer]
+{answer_1}
+[The End of Assistant 1's Answer]
+
+[The Start of Assistant 2's Answer]
+{answer_2}
+[The End of Assistant 2's Answer]
+
+Rate how well each assistant answered, considering helpfulness, relevance, accuracy and \
+level of detail. Give each assistant an overall score from 1 to 10; higher is better.
+
+Write the two scores alone on the first line, Assistant 1's first, separated by a space \
+(for example: 7 9). From the second line on, explain your rating briefly and without bias: \
+the order in which the answers were shown must not affect your judgment."""
+
+
+def judge_messages(question: str, answer_1: str, answer_2: str) -> list[Message]:
+    return [
+        ("system", _SYSTEM),
+        ("user", _USER.format(question=question, answer_1=answer_1, answer_2=answer_2)),
+    ]
+
+
+_NUMBER = r"(\d{1,2}(?:\.\d+)?)"
+_OUT_OF = r"(?:\s*/\s*10|\s+out\s+of\s+10)?"
+# "Assistant 1: 8" / "Assistant 1 score - 8/10" / "Assistant 1 receives 8"
+_LABELLED = re.compile(
+    r"assistant\s*(?P<which>[12])\b[^0-9\n]{0,30}?" + _NUMBER.replace("(", "(?P<score>", 1) + _OUT_OF,
+    re.IGNORECASE,
+)
+_PAIR = re.compile(r"^\s*" + _NUMBER + _OUT_OF + r"\s*(?:,|;|and|vs\.?|\s|-|/)\s*" + _NUMBER + _OUT_OF + r"\s*\.?\s*$", re.IGNORECASE)
+_DECORATION = re.compile(r"[*_`#>]|^(?:scores?|ratings?)\s*[:=-]\s*", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Scores:
+    first: float  # the assistant shown first
+    second: float
+
+
+def _valid(a: float, b: float) -> Scores | None:
+    return Scores(a, b) if 0 <= a <= 10 and 0 <= b <= 10 else None
+
+
+def parse_scores(text: str | None) -> Scores | None:
+    """The two scores on the reply's first line; None when the reply does not give them.
+
+    Accepted: "8 7", "8, 7", "8/10 7/10", "**8 7**", "Scores: 8 and 7", and labelled
+    forms ("Assistant 1: 8, Assistant 2: 7"), also spread over the first two lines.
+    Anything else is unparsed, never guessed: a guess would be a silent tie or worse."""
+    if not text:
+        return None
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if not lines:
+        return None
+    first = _DECORATION.sub("", lines[0]).strip()
+    first = _DECORATION.sub("", first).strip()  # "**Scores:** 8 7" has decoration on both sides
+    match = _PAIR.match(first)
+    if match:
+        return _valid(float(match.group(1)), float(match.group(2)))
+    head = "\n".join(_DECORATION.sub("", line) for line in lines[:2])
+    labelled: dict[str, float] = {}
+    for found in _LABELLED.finditer(head):
+        labelled.setdefault(found.group("which"), float(found.group("score")))
+    if set(labelled) == {"1", "2"}:
+        return _valid(labelled["1"], labelled["2"])
+    return None
+
+
+def order_verdict(scores: Scores | None, test_first: bool) -> int | None:
+    """+1 when the model under test scored higher in this order, 0 equal, -1 lower."""
+    if scores is None:
+        return None
+    test, ref = (scores.first, scores.second) if test_first else (scores.second, scores.first)
+    return (test > ref) - (test < ref)
+
+
+def outcome(first: int | None, second: int | None) -> str:
+    """The method's rule over the two orders: better in both, or better in one and equal in
+    the other, wins; equal in both, or better in one and worse in the other, ties; the
+    mirror of a win loses. A reply that could not be parsed makes the prompt unparsed."""
+    if first is None or second is None:
+        return UNPARSED
+    total = first + second
+    if total > 0:
+        return WIN
+    if total < 0:
+        return LOSE
+    return TIE
+
+
+@dataclass(frozen=True)
+class Tally:
+    win: int = 0
+    tie: int = 0
+    lose: int = 0
+    unparsed: int = 0
+
+    @property
+    def judged(self) -> int:
+        return self.win + self.tie + self.lose
+
+    @property
+    def winning_score(self) -> float | None:
+        """(win - lose) / N + 1, N the prompts judged in both orders: from 0 to 2, above 1
+        means the model under test is better. Unparsed prompts are left out of N (and
+        reported), not counted as ties; None when nothing was judged."""
+        return None if self.judged == 0 else (self.win - self.lose) / self.judged + 1
+
+    @classmethod
+    def of(cls, outcomes: list[str]) -> "Tally":
+        unknown = set(outcomes) - set(OUTCOMES)
+        if unknown:
+            raise ValueError(f"unknown outcome(s): {sorted(unknown)}")
+        return cls(*(outcomes.count(name) for name in OUTCOMES))
