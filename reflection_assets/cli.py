@@ -82,6 +82,25 @@ def cmd_scores(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from reflection_assets.definitions import DATASET_ASSETS, RECORD_ASSETS, defs
+    from reflection_assets.runner import ensure_instance
+    from reflection_assets.status import asset_statuses, oracle_spend, render
+
+    storage = _storage()
+    registry = storage.registry()
+    specs = [registry.get(args.dataset)] if args.dataset else registry.list()
+    if not specs:
+        print("no datasets registered; add one with `reflection datasets add NAME SOURCE`")
+        return 0
+    instance = ensure_instance()
+    keys = [a.key for a in (*RECORD_ASSETS, *DATASET_ASSETS)]
+    for number, spec in enumerate(specs):
+        statuses = asset_statuses(instance, defs, spec.name, keys)
+        print(("\n" if number else "") + "\n".join(render(spec.name, statuses, oracle_spend(storage.db(), spec.name))))
+    return 0
+
+
 def _print_summary(outcomes) -> None:
     by_asset: dict[str, list[int | None]] = defaultdict(list)
     for outcome in outcomes:
@@ -262,6 +281,21 @@ def cmd_lineage(args: argparse.Namespace) -> int:
             if r["final_input"]:
                 print(f"    input       {one_line(r['final_input'])}")
             print(f"    output      {one_line(r['final_output'])}")
+        if not chain.models:
+            print("  models: none trained on it (held out from training, or no adapter trained yet)")
+        else:
+            print("  models trained on it:")
+        seen: set[str] = set()
+        for model in chain.models:
+            if model["adapter_id"] not in seen:
+                seen.add(model["adapter_id"])
+                current = ", current" if model["is_current"] else ""
+                print(f"    {model['variant']} adapter {model['adapter_id']} ({model['trained_at']:%Y-%m-%d %H:%M}{current}) {model['path']}")
+            if model["benchmark_run"]:
+                print(
+                    f"      benchmark {model['benchmark_run']} ({model['benchmarked_at']:%Y-%m-%d %H:%M}), judge "
+                    f"{model['judge_model']}: winning score {model['winning_scores'] or 'n/a'}"
+                )
     return 0
 
 
@@ -302,6 +336,10 @@ def build_parser() -> argparse.ArgumentParser:
     tadd.set_defaults(func=cmd_testsets_add)
     tlist = tsub.add_parser("list", help="list test sets (bundled is always there)")
     tlist.set_defaults(func=cmd_testsets_list)
+
+    status = sub.add_parser("status", help="what is materialized, stale (and why) or failed, per dataset")
+    status.add_argument("--dataset", help="one registered dataset (default: all)")
+    status.set_defaults(func=cmd_status)
 
     scores = sub.add_parser("scores", help="print the latest benchmark scores")
     scores.add_argument("--dataset", help="one registered dataset (default: all)")

@@ -6,7 +6,9 @@ from __future__ import annotations
 import dagster as dg
 
 from reflection_assets.assets.adapters import baseline_adapter, recycled_adapter
+from reflection_assets.assets.automation import OBSERVE_CRON
 from reflection_assets.assets.benchmark import benchmark_scores
+from reflection_assets.assets.oracles import judge, oracle
 from reflection_assets.assets.partitions import DATASETS, RECORD_PARTITIONS
 from reflection_assets.assets.raw import raw_dataset
 from reflection_assets.assets.reflection import recycled_dataset, reflected_instructions, reflected_responses
@@ -34,8 +36,41 @@ train_and_score = dg.define_asset_job(
 # this order: every shard first, then what reads all shards.
 JOB_FOR_PARTITIONS = {RECORD_PARTITIONS: recycle_shards.name, DATASETS: train_and_score.name}
 
+# The oracle and the judge: observed, never materialized.
+SOURCE_ASSETS = [oracle, judge]
+
+observe_oracles = dg.define_asset_job(
+    "observe_oracles",
+    selection=dg.AssetSelection.assets(*(source.key for source in SOURCE_ASSETS)),
+    description="Observe the oracle and the judge: record their fingerprints as data versions.",
+)
+
+# Nightly, the oracle and judge are observed; a changed fingerprint makes the shards they
+# answered stale, and the automation sensor below requests exactly those. Both are on by
+# default, so `dagster dev` runs them without a click.
+observe_oracles_nightly = dg.ScheduleDefinition(
+    name="observe_oracles_nightly",
+    job=observe_oracles,
+    cron_schedule=OBSERVE_CRON,
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Observe the oracle and the judge (REFLECTION_ORACLE_*/REFLECTION_JUDGE_* as "
+    "the code location sees them) every night at 03:00 UTC.",
+)
+
+recycle_stale = dg.AutomationConditionSensorDefinition(
+    "recycle_stale",
+    target=dg.AssetSelection.all(),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=30,
+    description="Re-materializes the partitions an upstream change made stale (a new oracle "
+    "fingerprint, a changed shard), and what is downstream of them.",
+)
+
 defs = dg.Definitions(
-    assets=[*RECORD_ASSETS, *DATASET_ASSETS],
-    jobs=[recycle_shards, train_and_score],
+    assets=[*SOURCE_ASSETS, *RECORD_ASSETS, *DATASET_ASSETS],
+    jobs=[recycle_shards, train_and_score, observe_oracles],
+    schedules=[observe_oracles_nightly],
+    sensors=[recycle_stale],
     resources={"storage": StorageResource(), "oracle": OracleResource(), "judge": JudgeResource()},
 )

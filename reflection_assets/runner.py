@@ -15,6 +15,9 @@ from reflection_assets.assets.partitions import DATASETS, SHARDS, record_partiti
 from reflection_assets.engines.settings import dagster_home
 
 
+OBSERVE_JOB = "observe_oracles"
+
+
 class RunRequestError(Exception):
     """A `reflection run` request that names something that does not exist."""
 
@@ -129,6 +132,17 @@ def run_dataset_partition(
     return run_partitions(instance, defs, job_name, keys, [(dataset, dataset, None)], log_level, asset_config)
 
 
+def observe_sources(instance: dg.DagsterInstance, defs: dg.Definitions, keys: Sequence[dg.AssetKey]) -> None:
+    """Observe the oracle and the judge before runs that call them, so each materialization's
+    provenance names the oracle version it used (a stage cannot observe its own input before
+    Dagster records what it read). A settings error is left for the run itself to report."""
+    graph = defs.resolve_asset_graph()
+    if any(graph.get(parent).is_observable for key in keys for parent in graph.get(key).parent_keys):
+        defs.resolve_job_def(OBSERVE_JOB).execute_in_process(
+            instance=instance, raise_on_error=False, tags={"reflection/launched_by": "cli"}
+        )
+
+
 def run_partitions(
     instance: dg.DagsterInstance,
     defs: dg.Definitions,
@@ -150,6 +164,7 @@ def run_partitions(
         ops = {name: {"config": dict(cfg)} for name, cfg in asset_config.items() if name in selected}
         if ops:
             run_config["ops"] = ops
+    observe_sources(instance, defs, keys)
     outcomes = []
     for partition_key, dataset, shard in partitions:
         try:

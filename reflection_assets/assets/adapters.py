@@ -5,6 +5,7 @@ from typing import Optional
 
 import dagster as dg
 
+from reflection_assets.assets.automation import STALE_ONLY
 from reflection_assets.assets.metadata import png_markdown
 from reflection_assets.assets.partitions import DATASETS
 from reflection_assets.assets.raw import raw_dataset
@@ -88,6 +89,7 @@ def _adapter_asset(name: str, upstream: dg.AssetsDefinition, variant: str, descr
         name=name,
         partitions_def=DATASETS,
         deps=[dg.AssetDep(upstream, partition_mapping=ALL_SHARDS_OF_DATASET)],
+        automation_condition=STALE_ONLY,
         pool=DUCKDB_POOL,
         group_name="training",
         kinds={"pytorch", "duckdb"},

@@ -9,7 +9,10 @@ import dagster as dg
 import polars as pl
 
 from reflection_assets.assets.adapters import baseline_adapter, recycled_adapter
+from reflection_assets.assets.automation import STALE_ONLY
 from reflection_assets.assets.metadata import markdown_table, png_markdown
+from reflection_assets.assets.oracles import judge as judge_source
+from reflection_assets.assets.oracles import log_oracle_version
 from reflection_assets.assets.partitions import DATASETS
 from reflection_assets.assets.resources import DUCKDB_POOL, OWNER, JudgeResource, StorageResource
 from reflection_assets.engines.benchmark import (
@@ -20,6 +23,7 @@ from reflection_assets.engines.benchmark import (
 )
 from reflection_assets.engines.models import ModelError
 from reflection_assets.engines.student import TrainingError
+from reflection_assets.method.judging import JUDGE_PROMPT_VERSION
 from reflection_assets.engines.testsets import BUNDLED_TESTSET, TestsetError, TestsetRegistry
 
 CHECK = "recycled_beats_baseline"
@@ -60,7 +64,8 @@ def _score_table(scores: pl.DataFrame) -> pl.DataFrame:
 
 @dg.asset(
     partitions_def=DATASETS,
-    deps=[baseline_adapter, recycled_adapter],
+    deps=[baseline_adapter, recycled_adapter, judge_source],
+    automation_condition=STALE_ONLY,
     pool=DUCKDB_POOL,
     group_name="evaluation",
     kinds={"pytorch", "duckdb"},
@@ -89,6 +94,7 @@ def benchmark_scores(
     try:
         testsets = _testsets(storage, config)
         client = judge.client(storage, context.log)
+        log_oracle_version(context, "judge", client.settings, JUDGE_PROMPT_VERSION)
         result = run_benchmark(
             storage.db(),
             storage.artifacts_path(),

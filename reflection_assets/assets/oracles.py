@@ -5,7 +5,6 @@ the automation re-materializes only those."""
 
 import dagster as dg
 
-from reflection_assets.assets.resources import OWNER
 from reflection_assets.engines.oracle.settings import OracleSettings
 from reflection_assets.method import prompts
 from reflection_assets.method.judging import JUDGE_PROMPT_VERSION
@@ -19,7 +18,7 @@ def described(settings: OracleSettings, prompt_version: str) -> dict:
         "fingerprint": settings.fingerprint(prompt_version),
         "backend": settings.backend,
         "model": settings.model,
-        "base_url": settings.base_url or "(embedded model)" if settings.backend == "local" else settings.base_url or "",
+        "base_url": settings.base_url or ("in-process" if settings.backend == "local" else "the SDK default"),
         "temperature": settings.temperature,
         "max_tokens": settings.max_tokens or 0,
         "prompt_version": prompt_version,
@@ -33,9 +32,11 @@ def observation(settings: OracleSettings, prompt_version: str) -> dg.ObserveResu
 
 
 def log_oracle_version(context: dg.AssetExecutionContext, key: str, settings: OracleSettings, prompt_version: str) -> None:
-    """Record, from inside a materialization, the oracle version it is about to use: its
-    provenance then names the oracle that really answered, even when nobody observed the
-    oracle first (a run from the UI launchpad with other resource settings, say)."""
+    """Record, from inside a materialization, the oracle version this run uses: the
+    oracle's observations then show which version each run used (a run from the UI
+    launchpad with other resource settings, say), and later steps of the same run read it
+    as their input version. A step's own input version is fixed before it starts, which is
+    why `reflection run` observes the oracle first."""
     facts = described(settings, prompt_version)
     context.log_event(
         dg.AssetObservation(asset_key=key, metadata=facts, tags={DATA_VERSION_TAG: str(facts["fingerprint"])})
@@ -50,7 +51,6 @@ def log_oracle_version(context: dg.AssetExecutionContext, key: str, settings: Or
     "fingerprint of backend, model, sampling and prompt version: when it changes, the "
     "materialized reflection shards are stale and the automation re-materializes them.",
     tags={"stage": "oracle"},
-    metadata={"owner": OWNER},
 )
 def oracle(context) -> dg.ObserveResult:
     return observation(context.resources.oracle.settings(), prompts.PROMPT_VERSION)
@@ -64,7 +64,6 @@ def oracle(context) -> dg.ObserveResult:
     "the oracle's value). Its data version is its fingerprint with the judge prompt version: "
     "when it changes, benchmark_scores is stale (answers are kept, only judging is redone).",
     tags={"stage": "oracle"},
-    metadata={"owner": OWNER},
 )
 def judge(context) -> dg.ObserveResult:
     return observation(context.resources.judge.settings(), JUDGE_PROMPT_VERSION)

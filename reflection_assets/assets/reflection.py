@@ -6,7 +6,10 @@ from typing import Literal
 import dagster as dg
 import polars as pl
 
+from reflection_assets.assets.automation import STALE_ONLY
 from reflection_assets.assets.metadata import markdown_table
+from reflection_assets.assets.oracles import log_oracle_version
+from reflection_assets.assets.oracles import oracle as oracle_source
 from reflection_assets.assets.partitions import RECORD_PARTITIONS, dataset_and_shard
 from reflection_assets.assets.raw import raw_dataset
 from reflection_assets.assets.resources import DUCKDB_POOL, OWNER, OracleResource, StorageResource
@@ -124,11 +127,13 @@ def _health_checks(
 
 
 def _oracle_stage(name: str, upstream: dg.AssetsDefinition) -> dict:
-    """What the two oracle-calling stages share: partitions, pool, checks, lineage tags."""
+    """What the two oracle-calling stages share: partitions, pool, checks, lineage tags, and
+    the oracle source asset, whose version change makes their shards stale."""
     return dict(
         name=name,
         partitions_def=RECORD_PARTITIONS,
-        deps=[upstream],
+        deps=[upstream, oracle_source],
+        automation_condition=STALE_ONLY,
         pool=DUCKDB_POOL,
         group_name="reflection",
         kinds={"duckdb", "openai"},
@@ -153,6 +158,7 @@ def reflected_instructions(
     dataset, shard = dataset_and_shard(context)
     db = storage.db()
     client = oracle.client(storage, context.log)
+    log_oracle_version(context, "oracle", client.settings, prompts.PROMPT_VERSION)
     pairs = raw_pairs(db, dataset, shard)
     results = reflect_instructions(client, pairs, _repair(config, client))
     write_instruction_results(db, dataset, shard, results, client.fingerprint(prompts.PROMPT_VERSION), prompts.PROMPT_VERSION)
@@ -179,6 +185,7 @@ def reflected_responses(
     dataset, shard = dataset_and_shard(context)
     db = storage.db()
     client = oracle.client(storage, context.log)
+    log_oracle_version(context, "oracle", client.settings, prompts.PROMPT_VERSION)
     try:
         chain_pairs, reflected = instruction_reflected_pairs(db, dataset, shard)
     except ReflectionInputError as exc:
@@ -207,6 +214,7 @@ def reflected_responses(
 @dg.asset(
     partitions_def=RECORD_PARTITIONS,
     deps=[reflected_responses],
+    automation_condition=STALE_ONLY,
     pool=DUCKDB_POOL,
     group_name="reflection",
     kinds={"duckdb"},

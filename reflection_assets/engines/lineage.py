@@ -16,6 +16,7 @@ class LineageError(Exception):
 class RecordLineage:
     record: dict[str, object]
     calls: list[dict[str, object]]
+    models: list[dict[str, object]]  # adapters trained on it, with the benchmark runs that scored them
 
 
 def record_lineage(db: Database, record_id: str, dataset: str | None = None) -> list[RecordLineage]:
@@ -38,7 +39,15 @@ def record_lineage(db: Database, record_id: str, dataset: str | None = None) -> 
                 [row["dataset"], row["record_id"]],
             )
             call_columns = [c[0] for c in calls.description]
-            result.append(RecordLineage(row, [dict(zip(call_columns, c, strict=True)) for c in calls.fetchall()]))
+            call_rows = [dict(zip(call_columns, c, strict=True)) for c in calls.fetchall()]
+            models = con.execute(
+                "SELECT * FROM lineage.record_models WHERE dataset = ? AND record_id = ? "
+                "ORDER BY trained_at, variant, benchmarked_at",
+                [row["dataset"], row["record_id"]],
+            )
+            model_columns = [c[0] for c in models.description]
+            model_rows = [dict(zip(model_columns, m, strict=True)) for m in models.fetchall()]
+            result.append(RecordLineage(row, call_rows, model_rows))
     if not result:
         scope = f" in dataset {dataset!r}" if dataset else ""
         raise LineageError(f"no record {record_id!r}{scope}: ids are in raw.records (see `reflection export --stage raw`)")

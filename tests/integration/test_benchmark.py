@@ -171,6 +171,17 @@ def test_benchmark_scores_with_a_scripted_judge(home, instance, oracle, judge, t
     }
     assert all(n == len(everyone - trained) and loss > 0 for _, _, n, loss in losses)
 
+    # Record lineage reaches the adapters a record trained and the benchmark that scored them.
+    from reflection_assets.engines.lineage import record_lineage
+
+    db = StorageResource().db()
+    [chain] = record_lineage(db, sorted(trained)[0])
+    assert {m["variant"] for m in chain.models} == {"baseline", "recycled"}
+    assert {m["benchmark_run"] for m in chain.models} == {query(home, "SELECT run_id FROM bench.runs")[0][0]}
+    assert all(m["is_current"] and m["winning_scores"].startswith("tiny ") for m in chain.models)
+    [held] = record_lineage(db, sorted(everyone - trained)[0])
+    assert held.models == []
+
     # 3. Re-materializing: no answer generated, no judge request sent.
     sent = judge.request_count
     again = materialize([dg.AssetKey("benchmark_scores")])

@@ -1,0 +1,147 @@
+"""`reflection status`: per dataset, which partitions of each asset are materialized,
+stale (and why), failed or running, and what the oracle and the judge cost per stage."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import dagster as dg
+
+from reflection_assets.assets.partitions import DATASETS, SHARDS, record_partition_key
+from reflection_assets.engines.storage import Database
+
+ORACLE_KEYS = {"oracle": "oracle changed", "judge": "judge changed"}
+
+
+@dataclass
+class AssetStatus:
+    asset: str
+    partitions: int
+    materialized: int = 0
+    failed: list[str] = field(default_factory=list)
+    in_progress: list[str] = field(default_factory=list)
+    stale: dict[str, list[str]] = field(default_factory=dict)  # partition -> reasons
+    missing: list[str] = field(default_factory=list)
+
+    def reasons(self) -> Counter[str]:
+        return Counter(reason for reasons in self.stale.values() for reason in reasons)
+
+
+def _resolver(instance: dg.DagsterInstance, defs: dg.Definitions):
+    # Dagster's own staleness (what the UI shows), built as its test utilities build it.
+    from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
+    from dagster._core.definitions.data_version import CachingStaleStatusResolver
+    from dagster._time import get_current_datetime
+
+    graph = defs.resolve_asset_graph()
+    view = AssetGraphView(
+        temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
+        instance=instance,
+        asset_graph=graph,
+    )
+    return CachingStaleStatusResolver(instance=instance, asset_graph=graph, loading_context=view)
+
+
+def _reason(cause) -> str:
+    from dagster._core.definitions.data_version import StaleCauseCategory
+
+    if cause.category == StaleCauseCategory.CODE:
+        return f"code changed ({cause.key.asset_key.to_user_string()}: {cause.reason})"
+    name = (cause.dependency or cause.key).asset_key.to_user_string()
+    if name in ORACLE_KEYS:
+        return ORACLE_KEYS[name]
+    return f"upstream changed ({name})"
+
+
+def asset_statuses(instance: dg.DagsterInstance, defs: dg.Definitions, dataset: str, keys: Sequence[dg.AssetKey]) -> list[AssetStatus]:
+    from dagster._core.definitions.data_version import StaleStatus
+    from dagster._core.storage.partition_status_cache import AssetPartitionStatus
+
+    resolver = _resolver(instance, defs)
+    graph = defs.resolve_asset_graph()
+    statuses: list[AssetStatus] = []
+    for key in keys:
+        partitions_def = defs.resolve_assets_def(key).partitions_def
+        if partitions_def == DATASETS:
+            partition_keys = [dataset]
+        else:
+            partition_keys = [str(record_partition_key(dataset, shard)) for shard in SHARDS.get_partition_keys()]
+        by_partition = instance.get_status_by_partition(key, partition_keys, partitions_def) or {}
+        status = AssetStatus(key.to_user_string(), len(partition_keys))
+        for partition in partition_keys:
+            state = by_partition.get(partition)
+            label = partition.split("|")[-1] if "|" in partition else partition
+            if state == AssetPartitionStatus.FAILED:
+                status.failed.append(label)
+            elif state == AssetPartitionStatus.IN_PROGRESS:
+                status.in_progress.append(label)
+            if state not in (AssetPartitionStatus.MATERIALIZED, AssetPartitionStatus.FAILED):
+                if state != AssetPartitionStatus.IN_PROGRESS:
+                    status.missing.append(label)
+                continue
+            status.materialized += state == AssetPartitionStatus.MATERIALIZED
+            reasons = set()
+            if resolver.get_status(key, partition) == StaleStatus.STALE:
+                reasons = {_reason(c) for c in resolver.get_stale_causes(key, partition)} or {"stale"}
+            # Dagster marks only the first stage past a change; what reads a stale stage
+            # is stale too, until the change has flowed down to it.
+            for upstream in statuses:
+                if dg.AssetKey(upstream.asset) in graph.get(key).parent_keys and (
+                    label in upstream.stale or (partitions_def == DATASETS and upstream.stale and upstream.partitions > 1)
+                ):
+                    reasons.add(f"upstream stale ({upstream.asset})")
+            if reasons:
+                status.stale[label] = sorted(reasons)
+        statuses.append(status)
+    return statuses
+
+
+def oracle_spend(db: Database, dataset: str) -> list[tuple[str, int, int, float]]:
+    """(stage, calls answered, tokens, cost) behind the current rows of each reflection
+    stage and the latest benchmark's judging; a reply shared by several records counts once."""
+    with db.connect() as con:
+        reflection = con.execute(
+            "SELECT stage, count(DISTINCT request_key) FILTER (WHERE answered_at IS NOT NULL), "
+            "coalesce(sum(prompt_tokens + completion_tokens), 0), coalesce(sum(cost_usd), 0) "
+            "FROM (SELECT DISTINCT stage, request_key, answered_at, prompt_tokens, completion_tokens, cost_usd "
+            "      FROM lineage.oracle_calls WHERE dataset = ?) GROUP BY 1 ORDER BY 1",
+            [dataset],
+        ).fetchall()
+        judge = con.execute(
+            "SELECT 'judge (latest benchmark)', count(*), coalesce(sum(o.prompt_tokens + o.completion_tokens), 0), "
+            "coalesce(sum(o.cost_usd), 0) FROM (SELECT DISTINCT j.request_key FROM bench.judgments j "
+            "JOIN bench.latest l USING (run_id) WHERE l.dataset = ?) k JOIN oracle.replies o USING (request_key)",
+            [dataset],
+        ).fetchall()
+    return [tuple(r) for r in reflection] + [tuple(r) for r in judge if r[1]]
+
+
+def _listed(labels: Sequence[str], limit: int = 8) -> str:
+    shown = ", ".join(labels[:limit])
+    return shown + (f" and {len(labels) - limit} more" if len(labels) > limit else "")
+
+
+def render(dataset: str, statuses: Sequence[AssetStatus], spend: Sequence[tuple[str, int, int, float]]) -> list[str]:
+    lines = [f"dataset {dataset}"]
+    width = max(len(s.asset) for s in statuses)
+    for s in statuses:
+        stale = len(s.stale)
+        line = f"  {s.asset:<{width}}  {s.materialized:>3}/{s.partitions} materialized"
+        line += f", {stale} stale" if stale else ""
+        line += f", {len(s.failed)} failed" if s.failed else ""
+        line += f", {len(s.in_progress)} running" if s.in_progress else ""
+        lines.append(line)
+        for reason, count in sorted(s.reasons().items()):
+            which = [p for p, reasons in s.stale.items() if reason in reasons]
+            lines.append(f"  {'':<{width}}    stale: {reason} — {_listed(which)}")
+        if s.failed:
+            lines.append(f"  {'':<{width}}    failed (latest run): {_listed(s.failed)}")
+        if s.missing and s.materialized:
+            lines.append(f"  {'':<{width}}    never materialized: {_listed(s.missing)}")
+    if spend:
+        lines.append("  oracle calls behind the current rows:")
+        for stage, calls, tokens, cost in spend:
+            lines.append(f"    {stage:<26} {calls:>7} calls {tokens:>12,} tokens  ${cost:.4f}")
+    return lines
