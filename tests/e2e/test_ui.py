@@ -109,6 +109,25 @@ def test_ui_serves_the_asset_graph(dagster_dev):
     assert "dataset" in by_name["raw_dataset"]["partitionDefinition"]["description"]
 
 
+AUTOMATION = (
+    "{ repositoriesOrError { ... on RepositoryConnection { nodes { "
+    "schedules { name cronSchedule scheduleState { status } } "
+    "sensors { name sensorState { status ticks(limit: 20) { status error { message } } } } } } } }"
+)
+
+
+def automation(port: int) -> tuple[dict, dict]:
+    [repo] = graphql(port, AUTOMATION)["data"]["repositoriesOrError"]["nodes"]
+    return {s["name"]: s for s in repo["schedules"]}, {s["name"]: s for s in repo["sensors"]}
+
+
+def test_the_schedule_and_the_automation_sensor_run_without_a_click(dagster_dev):
+    schedules, sensors = automation(dagster_dev)
+    assert schedules["observe_oracles_nightly"]["scheduleState"]["status"] == "RUNNING"
+    assert schedules["observe_oracles_nightly"]["cronSchedule"] == "0 3 * * *"
+    assert sensors["recycle_stale"]["sensorState"]["status"] == "RUNNING"
+
+
 def _is_shown(name: str, shown: set[str]) -> bool:
     """The graph shortens long names in the middle ('refl…_instructions')."""
     for text in shown:
@@ -188,6 +207,15 @@ def test_materialize_one_shard_from_the_ui_in_a_browser(dagster_dev):
             assert [r["status"] for r in ui_runs] == ["SUCCESS"], ui_runs
             page.goto(f"{base}/runs/{ui_runs[0]['runId']}")
             expect(page.get_by_text("Success").first).to_be_visible()
+            # The automation sensor has been ticking all along: without errors, and it did
+            # not start the (never materialized) downstream stages on its own.
+            deadline = time.monotonic() + 120
+            while not (ticks := automation(dagster_dev)[1]["recycle_stale"]["sensorState"]["ticks"]):
+                assert time.monotonic() < deadline, "the automation sensor did not tick in 120 s"
+                time.sleep(3)
+            assert not [t for t in ticks if t["status"] == "FAILURE"], ticks
+            all_runs = graphql(dagster_dev, query)["data"]["runsOrError"]["results"]
+            assert [r["runId"] for r in all_runs] == [ui_runs[0]["runId"]], all_runs
 
             page.goto(f"{base}/assets/raw_dataset")
             expect(page.get_by_text("sample|00").first).to_be_visible()  # the latest materialization

@@ -113,3 +113,31 @@ def test_a_run_records_the_oracle_it_used(tagged, oracle):  # noqa: F811
     observe(tagged)
     assert all(not s.stale for s in status(tagged).values())
     assert tick() == {}
+
+
+@pytest.mark.slow
+def test_downstream_follows_a_changed_oracle(tagged, oracle, shared_artifacts, monkeypatch):  # noqa: F811
+    """With the adapters materialized too, a new oracle requests the shards first; once
+    they are re-materialized, the next tick requests the recycled adapter (its data came
+    from the oracle), and never the baseline (raw data only)."""
+    from reflection_assets.assets.partitions import DATASETS
+    from reflection_assets.definitions import JOB_FOR_PARTITIONS
+    from reflection_assets.runner import run_dataset_partition
+
+    monkeypatch.setenv("REFLECTION_ARTIFACTS", str(shared_artifacts))
+    tick = Ticks(tagged)
+    run(tagged)
+    adapters = [dg.AssetKey("baseline_adapter"), dg.AssetKey("recycled_adapter")]
+    [trained] = run_dataset_partition(
+        tagged, defs, JOB_FOR_PARTITIONS[DATASETS], adapters, "tagged", "WARNING",
+        {name.to_user_string(): {"max_steps": 1} for name in adapters},
+    )
+    assert trained.success, trained.error
+    assert tick() == {}
+    monkeypatch.setenv("REFLECTION_ORACLE_MODEL", "gpt-4o")
+    observe(tagged)
+    every_shard = {f"tagged|{shard:02d}" for shard in range(4)}
+    assert tick() == {key.to_user_string(): every_shard for key in RECORD_STAGES}
+    run(tagged, keys=RECORD_STAGES)  # what the automation launched
+    assert tick() == {"recycled_adapter": {"tagged"}}
+    assert tick() == {}
