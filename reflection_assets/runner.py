@@ -139,7 +139,10 @@ def observe_sources(instance: dg.DagsterInstance, defs: dg.Definitions, keys: Se
     graph = defs.resolve_asset_graph()
     if any(graph.get(parent).is_observable for key in keys for parent in graph.get(key).parent_keys):
         defs.resolve_job_def(OBSERVE_JOB).execute_in_process(
-            instance=instance, raise_on_error=False, tags={"reflection/launched_by": "cli"}
+            instance=instance,
+            raise_on_error=False,
+            tags={"reflection/launched_by": "cli"},
+            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
         )
 
 
