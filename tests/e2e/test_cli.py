@@ -38,6 +38,14 @@ def test_register_list_and_run_one_shard(tmp_path):
     assert "1 of 1 runs succeeded" in run.stdout and "raw_dataset:" in run.stdout
     with duckdb.connect(str(home / "reflection.duckdb")) as con:
         assert con.execute("SELECT DISTINCT shard FROM raw.records").fetchall() == [(1,)]
+    status = reflection("status", env=env)
+    assert status.returncode == 0, status.stderr
+    lines = status.stdout.splitlines()
+    assert lines[0] == "dataset demo"
+    assert lines[1].split() == ["raw_dataset", "1/4", "materialized"]
+    assert lines[2].split() == ["never", "materialized:", "00,", "02,", "03"]
+    assert any(line.split()[:2] == ["reflected_instructions", "0/4"] for line in lines)
+    assert any(line.split()[:2] == ["benchmark_scores", "0/1"] for line in lines)
 
 
 def test_database_and_artifacts_paths_are_overridable(tmp_path):
