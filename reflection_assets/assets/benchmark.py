@@ -15,12 +15,8 @@ from reflection_assets.assets.oracles import judge as judge_source
 from reflection_assets.assets.oracles import log_oracle_version
 from reflection_assets.assets.partitions import DATASETS
 from reflection_assets.assets.resources import DUCKDB_POOL, OWNER, JudgeResource, StorageResource
-from reflection_assets.engines.benchmark import (
-    BenchmarkError,
-    GenerationSettings,
-    plot_scores,
-    run_benchmark,
-)
+from reflection_assets.engines.answers import BenchmarkError, GenerationSettings
+from reflection_assets.engines.benchmark import plot_scores, run_benchmark
 from reflection_assets.engines.models import ModelError
 from reflection_assets.engines.student import TrainingError
 from reflection_assets.method.judging import JUDGE_PROMPT_VERSION

@@ -43,27 +43,33 @@ def log_oracle_version(context: dg.AssetExecutionContext, key: str, settings: Or
     )
 
 
-@dg.observable_source_asset(
-    name="oracle",
-    group_name="oracles",
-    required_resource_keys={"oracle"},
-    description="The oracle LLM that reflects (REFLECTION_ORACLE_*). Its data version is the "
-    "fingerprint of backend, model, sampling and prompt version: when it changes, the "
-    "materialized reflection shards are stale and the automation re-materializes them.",
-    tags={"stage": "oracle"},
-)
-def oracle(context) -> dg.ObserveResult:
-    return observation(context.resources.oracle.settings(), prompts.PROMPT_VERSION)
+def _llm_source(name: str, prompt_version: str, description: str):
+    """An observable source for one LLM role; its resource has the same name."""
+
+    @dg.observable_source_asset(
+        name=name,
+        group_name="oracles",
+        required_resource_keys={name},
+        description=description,
+        tags={"stage": "oracle"},
+    )
+    def source(context) -> dg.ObserveResult:
+        return observation(getattr(context.resources, name).settings(), prompt_version)
+
+    return source
 
 
-@dg.observable_source_asset(
-    name="judge",
-    group_name="oracles",
-    required_resource_keys={"judge"},
-    description="The judge LLM of the benchmarks (REFLECTION_JUDGE_*, each falling back to "
-    "the oracle's value). Its data version is its fingerprint with the judge prompt version: "
-    "when it changes, benchmark_scores is stale (answers are kept, only judging is redone).",
-    tags={"stage": "oracle"},
+oracle = _llm_source(
+    "oracle",
+    prompts.PROMPT_VERSION,
+    "The oracle LLM that reflects (REFLECTION_ORACLE_*). Its data version is the fingerprint "
+    "of backend, model, sampling and prompt version: when it changes, the materialized "
+    "reflection shards are stale and the automation re-materializes them.",
 )
-def judge(context) -> dg.ObserveResult:
-    return observation(context.resources.judge.settings(), JUDGE_PROMPT_VERSION)
+judge = _llm_source(
+    "judge",
+    JUDGE_PROMPT_VERSION,
+    "The judge LLM of the benchmarks (REFLECTION_JUDGE_*, each falling back to the oracle's "
+    "value). Its data version is its fingerprint with the judge prompt version: when it "
+    "changes, benchmark_scores is stale (answers are kept, only judging is redone).",
+)

@@ -1,7 +1,7 @@
-"""Benchmarking a dataset's adapters: each model answers every test prompt (greedy,
-batched, answers stored by what made them), the judge compares the recycled adapter with
-the baseline in both orders (replies cached by the oracle layer), outcomes and winning
-scores are tallied, and each model's loss on held-out reference answers is measured.
+"""Benchmarking a dataset's adapters: each model answers every test prompt and is scored on
+held-out answers (engines/answers.py), the judge compares the recycled adapter with the
+baseline in both orders (replies cached by the oracle layer), outcomes and winning scores
+are tallied and stored, and the latest run is reported.
 
 Re-scoring never regenerates an answer or re-asks the judge: a fully cached run loads no
 model and sends no request."""
@@ -10,14 +10,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import polars as pl
 
-from reflection_assets.engines.adapters import VARIANT_SOURCES, held_out
+from reflection_assets.engines.answers import (
+    BenchmarkError,
+    GenerationSettings,
+    LoadedModel,
+    Log,
+    Model,
+    answer_all,
+    heldout_loss,
+    heldout_references,
+    models_for,
+)
 from reflection_assets.engines.oracle.client import OracleClient
 from reflection_assets.engines.storage import Database
 from reflection_assets.engines.testsets import TestPrompt
@@ -30,38 +39,6 @@ from reflection_assets.method.judging import (
     outcome,
     parse_scores,
 )
-
-Log = Callable[[str], None]
-
-
-class BenchmarkError(Exception):
-    """A benchmark that cannot run on this input. The message is meant for the user."""
-
-
-@dataclass(frozen=True)
-class GenerationSettings:
-    max_new_tokens: int = 128
-    batch_size: int = 16
-    dtype: str = "auto"  # auto: bfloat16 where the hardware has it
-
-    def key(self, layout: str, resolved_dtype: str) -> str:
-        payload = json.dumps(
-            {"decoding": "greedy", "max_new_tokens": self.max_new_tokens, "dtype": resolved_dtype, "layout": layout},
-            sort_keys=True,
-        )
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-
-@dataclass(frozen=True)
-class Model:
-    """A model under evaluation: a registered adapter on its base model, or the base alone."""
-
-    name: str  # baseline, recycled, base
-    key: str  # the adapter id, or base:<model>
-    base_model: str
-    template: str
-    adapter_path: Path | None = None
-    holdout_fraction: float = 0.0  # the adapter's held-out slice of its dataset
 
 
 @dataclass
@@ -86,41 +63,6 @@ class BenchmarkResult:
         return {"win": win, "tie": tie, "lose": lose, "unparsed": unparsed, "winning_score": tally.winning_score}
 
 
-def models_for(db: Database, dataset: str, compare_base: bool) -> list[Model]:
-    with db.connect() as con:
-        rows = con.execute(
-            "SELECT c.variant, a.adapter_id, a.base_model, a.config_json, a.path "
-            "FROM training.current_adapters c JOIN training.adapters a USING (adapter_id) "
-            "WHERE c.dataset = ? ORDER BY c.variant",
-            [dataset],
-        ).fetchall()
-    found = {variant: row for variant, *row in rows}
-    missing = [v for v in ("baseline", "recycled") if v not in found]
-    if missing:
-        raise BenchmarkError(
-            f"dataset {dataset!r} has no {' or '.join(missing)} adapter yet: materialize "
-            + " and ".join(f"{v}_adapter" for v in missing)
-            + " first"
-        )
-    models = []
-    for variant in ("baseline", "recycled"):
-        adapter_id, base_model, config_json, path = found[variant]
-        if not Path(path).exists():
-            raise BenchmarkError(f"the {variant} adapter's folder {path} is gone: materialize {variant}_adapter again")
-        config = json.loads(config_json)
-        models.append(
-            Model(variant, adapter_id, base_model, config["template"], Path(path), config.get("holdout_fraction", 0.0))
-        )
-    if models[0].base_model != models[1].base_model:
-        raise BenchmarkError(
-            f"the baseline ({models[0].base_model}) and recycled ({models[1].base_model}) adapters "
-            "have different base models: the comparison would not be about the data"
-        )
-    if compare_base:
-        models.append(Model("base", f"base:{models[0].base_model}", models[0].base_model, models[0].template))
-    return models
-
-
 def comparisons_for(models: Sequence[Model]) -> list[tuple[str, str]]:
     """(model under test, reference): recycled vs baseline, and against the bare base model
     when it is evaluated too."""
@@ -129,192 +71,6 @@ def comparisons_for(models: Sequence[Model]) -> list[tuple[str, str]]:
     if "base" in names:
         pairs += [("recycled", "base"), ("baseline", "base")]
     return pairs
-
-
-# ---------------------------------------------------------------- answering
-
-
-class _Loaded:
-    """One model in memory, loaded on first use: a fully cached run loads nothing."""
-
-    def __init__(self, model: Model, artifacts: str | Path, log: Log):
-        self.model, self.artifacts, self.log = model, artifacts, log
-        self._lm = None
-        self._tokenizer = None
-        self.layout: str | None = None
-
-    def tokenizer(self):
-        if self._tokenizer is None:
-            from reflection_assets.engines.models import load_tokenizer
-            from reflection_assets.engines.student import resolve_template
-
-            self._tokenizer = load_tokenizer(self.model.base_model, self.artifacts)
-            self._tokenizer.padding_side = "left"
-            self.layout = resolve_template(self._tokenizer, self.model.template)
-        return self._tokenizer
-
-    def lm(self):
-        if self._lm is None:
-            from reflection_assets.engines.models import load_causal_lm
-
-            self.tokenizer()
-            lm, _ = load_causal_lm(self.model.base_model, self.artifacts)
-            if self.model.adapter_path is not None:
-                from peft import PeftModel
-
-                lm = PeftModel.from_pretrained(lm, str(self.model.adapter_path)).merge_and_unload()
-            import torch
-
-            lm.to("cuda" if torch.cuda.is_available() else "cpu").eval()
-            self.log(f"loaded {self.model.name} ({self.model.key})")
-            self._lm = lm
-        return self._lm
-
-    def prompt(self, text: str) -> str:
-        from reflection_assets.engines.student import VICUNA_TEMPLATE
-
-        tokenizer = self.tokenizer()
-        if self.layout == "vicuna":
-            return VICUNA_TEMPLATE.format(prompt=text)
-        return tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False)
-
-    def generate(self, texts: Sequence[str], settings: GenerationSettings, dtype: str) -> list[tuple[str, str, int]]:
-        """(answer, finish_reason, new tokens) per prompt text, greedy."""
-        import torch
-
-        lm, tokenizer = self.lm(), self.tokenizer()
-        lm.to(getattr(torch, dtype))
-        encoded = tokenizer([self.prompt(t) for t in texts], return_tensors="pt", padding=True, add_special_tokens=False)
-        encoded = {k: v.to(lm.device) for k, v in encoded.items()}
-        with torch.inference_mode():
-            output = lm.generate(
-                **encoded,
-                max_new_tokens=settings.max_new_tokens,
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-            )
-        width = encoded["input_ids"].shape[1]
-        answers = []
-        for row in output:
-            new = row[width:].tolist()
-            ended = tokenizer.eos_token_id in new
-            kept = new[: new.index(tokenizer.eos_token_id)] if ended else [t for t in new if t != tokenizer.pad_token_id]
-            answers.append((tokenizer.decode(kept, skip_special_tokens=True).strip(), "stop" if ended else "length", len(kept)))
-        return answers
-
-
-def answer_all(
-    db: Database,
-    loaded: _Loaded,
-    prompts: Sequence[TestPrompt],
-    settings: GenerationSettings,
-    dtype: str,
-    log: Log,
-) -> tuple[dict[str, str], int]:
-    """{prompt_hash: answer} for every prompt, generating only what is not stored yet."""
-    loaded.tokenizer()
-    generation_key = settings.key(loaded.layout or "", dtype)
-    unique = {p.prompt_hash: p.text for p in prompts}
-    with db.connect() as con:
-        stored = dict(
-            con.execute(
-                "SELECT prompt_hash, answer FROM bench.answers WHERE model_key = ? AND generation_key = ?",
-                [loaded.model.key, generation_key],
-            ).fetchall()
-        )
-    missing = [(h, t) for h, t in unique.items() if h not in stored]
-    if missing:
-        log(f"{loaded.model.name}: generating {len(missing)} answers ({len(unique) - len(missing)} stored)")
-    tokenizer = loaded.tokenizer() if missing else None
-    # Similar lengths together: less padding in each batch.
-    missing.sort(key=lambda item: len(tokenizer(item[1])["input_ids"]) if tokenizer else 0)
-    for start in range(0, len(missing), settings.batch_size):
-        batch = missing[start : start + settings.batch_size]
-        answers = loaded.generate([t for _, t in batch], settings, dtype)
-        frame = pl.DataFrame(  # noqa: F841 (read by DuckDB by its name)
-            {
-                "model_key": [loaded.model.key] * len(batch),
-                "prompt_hash": [h for h, _ in batch],
-                "generation_key": [generation_key] * len(batch),
-                "prompt": [t for _, t in batch],
-                "answer": [a for a, _, _ in answers],
-                "finish_reason": [f for _, f, _ in answers],
-                "new_tokens": [n for _, _, n in answers],
-            }
-        )
-        with db.connect() as con:  # each batch is kept as soon as it exists
-            con.execute(
-                "INSERT OR REPLACE INTO bench.answers (model_key, prompt_hash, generation_key, prompt, answer, "
-                "finish_reason, new_tokens) SELECT * FROM frame"
-            )
-        stored.update({h: a for (h, _), (a, _, _) in zip(batch, answers, strict=True)})
-        log(f"{loaded.model.name}: {min(start + len(batch), len(missing))}/{len(missing)} answers generated")
-    return {p.prompt_hash: stored[p.prompt_hash] for p in prompts}, len(missing)
-
-
-# ---------------------------------------------------------------- held-out loss
-
-
-def heldout_references(db: Database, dataset: str, models: Sequence[Model], fraction: float) -> dict[str, list]:
-    """Reference pairs no evaluated adapter trained on: the held-out slice of the dataset,
-    with its original and its recycled answers. Records that some adapter did train on
-    (say, one trained with another holdout fraction) are left out."""
-    adapter_ids = [m.key for m in models if m.adapter_path is not None]
-    references: dict[str, list] = {}
-    with db.connect() as con:
-        for reference, table in (("original", VARIANT_SOURCES["baseline"]), ("recycled", VARIANT_SOURCES["recycled"])):
-            rows = con.execute(
-                f"SELECT record_id, instruction, input, output FROM {table} WHERE dataset = ? "
-                "AND record_id NOT IN (SELECT record_id FROM training.adapter_records WHERE adapter_id IN "
-                f"({', '.join('?' * len(adapter_ids))})) ORDER BY record_id",
-                [dataset, *adapter_ids],
-            ).fetchall()
-            references[reference] = [r for r in rows if held_out(r[0], fraction)]
-    return references
-
-
-def _loss_key(model: Model, reference: str, rows: Sequence[tuple], precision: str) -> str:
-    payload = json.dumps([model.key, reference, precision, [list(r) for r in rows]], ensure_ascii=False)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-
-def heldout_loss(
-    db: Database,
-    loaded: _Loaded,
-    references: dict[str, list],
-    max_length: int,
-    precision: str,
-) -> list[dict[str, object]]:
-    from reflection_assets.engines.student import build_examples, mean_loss, prompt_text
-
-    results = []
-    for reference, rows in references.items():
-        if not rows:
-            continue
-        key = _loss_key(loaded.model, reference, rows, precision)
-        with db.connect() as con:
-            known = con.execute(
-                "SELECT examples, loss FROM bench.heldout_loss WHERE loss_key = ? LIMIT 1", [key]
-            ).fetchone()
-        if known is None:
-            tokenizer = loaded.tokenizer()
-            examples = build_examples(tokenizer, loaded.layout or "chat", rows, max_length)
-            if not examples:
-                continue
-            loss = mean_loss(loaded.lm(), examples, tokenizer.pad_token_id, 8, precision)
-            known = (len(examples), loss)
-        results.append(
-            {
-                "model": loaded.model.name,
-                "reference": reference,
-                "examples": int(known[0]),
-                "loss": float(known[1]),
-                "perplexity": math.exp(min(float(known[1]), 50.0)),
-                "loss_key": key,
-            }
-        )
-    return results
 
 
 # ---------------------------------------------------------------- judging
@@ -466,7 +222,7 @@ def run_benchmark(
     references = heldout_references(db, dataset, models, holdout)
     losses: list[dict[str, object]] = []
     for model in models:
-        loaded = _Loaded(model, artifacts, log)
+        loaded = LoadedModel(model, artifacts, log)
         # The loss first, on the float32 weights (bfloat16 autocast, as in training); then
         # generation, which may turn the weights to bfloat16.
         losses += heldout_loss(db, loaded, references, loss_max_length, "auto")

@@ -42,6 +42,7 @@ class ScriptedJudge:
         self.recycled: dict[str, str] = {}  # question -> the recycled adapter's answer
         self.baseline: dict[str, str] = {}
         self.broken = True  # until the test fixes the "configuration"
+        self.indifferent = False  # then every pair is "5 5"
 
     def plan(self, body, nth):
         return ("status", 400, "The model `judge-x` does not exist") if self.broken else "ok"
@@ -52,6 +53,8 @@ class ScriptedJudge:
         first = _between(user, "[The Start of Assistant 1's Answer]\n", "[The End of Assistant 1's Answer]")
         second = _between(user, "[The Start of Assistant 2's Answer]\n", "[The End of Assistant 2's Answer]")
         kind = KINDS[PROMPTS.index(question)]
+        if self.indifferent:
+            return "5 5\nNo difference."
         if kind == "unparsable":
             return "Both answers have merit; I cannot choose."
         if kind == "position_bias":
@@ -190,3 +193,23 @@ def test_benchmark_scores_with_a_scripted_judge(home, instance, oracle, judge, t
     md = instance.get_latest_materialization_event(dg.AssetKey("benchmark_scores")).asset_materialization.metadata
     assert md["answers_generated"].value == 0 and md["oracle/cached"].value == md["oracle/requested"].value
     assert query(home, "SELECT count(*) FROM bench.runs") == [(1,)]
+
+    # 4. Against the base model too: only its answers are generated, only the new pairs
+    #    are judged, and the first comparison comes back from the cache unchanged.
+    script.indifferent = True
+    settings["benchmark_scores"] = {**BENCH_SETTINGS, "compare_base": True}
+    with_base = materialize([dg.AssetKey("benchmark_scores")])
+    assert with_base.success, with_base.error
+    md = instance.get_latest_materialization_event(dg.AssetKey("benchmark_scores")).asset_materialization.metadata
+    assert md["answers_generated"].value == len(PROMPTS)
+    scores = {
+        comparison: (w, t, lose, u)
+        for comparison, w, t, lose, u in query(
+            home,
+            "SELECT comparison, win, tie, lose, unparsed FROM bench.scores "
+            "WHERE category = 'all' AND run_id = (SELECT run_id FROM bench.latest)",
+        )
+    }
+    assert scores["recycled_vs_baseline"] == (tally.win, tally.tie, tally.lose, tally.unparsed)
+    for comparison in ("recycled_vs_base", "baseline_vs_base"):
+        assert scores[comparison] == (0, len(PROMPTS), 0, 0)  # "5 5" in both orders: ties
