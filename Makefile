@@ -50,6 +50,7 @@ bench: setup
 	$(BIN)/python benchmarks/ingest_throughput.py
 	$(BIN)/python benchmarks/oracle_throughput.py
 	$(BIN)/python benchmarks/reflection_overhead.py
+	$(BIN)/python benchmarks/crash_rebuy.py
 
 clean:
 	rm -rf $(VENV) dagster_home/storage dagster_home/history dagster_home/schedules \

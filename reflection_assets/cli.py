@@ -98,6 +98,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     for number, spec in enumerate(specs):
         statuses = asset_statuses(instance, defs, spec.name, keys)
         print(("\n" if number else "") + "\n".join(render(spec.name, statuses, oracle_spend(storage.db(), spec.name))))
+    from reflection_assets.run_workers import dead_runs
+
+    dead = dead_runs(instance)
+    if dead:
+        print("\nruns whose process is gone (`reflection recover` marks them failed and frees their pool slots):")
+        for entry in dead:
+            print(f"  {_describe_run(entry.run)}: {entry.message}")
     return 0
 
 
@@ -116,7 +123,8 @@ def _print_summary(outcomes) -> None:
     for outcome in outcomes:
         where = f"{outcome.dataset}|{outcome.shard}" if outcome.shard else outcome.dataset
         if not outcome.success:
-            print(f"  FAILED {where} (run {outcome.run_id}): {outcome.error}")
+            state = "STOPPED" if outcome.interrupted else "FAILED"
+            print(f"  {state} {where} (run {outcome.run_id}): {outcome.error}")
         for check in outcome.failed_checks:
             failed_checks[check].append(where)
             severity[check] = outcome.check_severity.get(check, "ERROR")
@@ -142,6 +150,31 @@ def _load_asset_config(path: str) -> dict:
     return data
 
 
+def _describe_run(run) -> str:
+    partition = run.tags.get("dagster/partition")
+    return f"run {run.run_id[:8]} ({run.job_name}" + (f", {partition}" if partition else "") + ")"
+
+
+def _recover(instance, quiet_when_nothing: bool) -> None:
+    """Fail the runs whose process died and give back the pool slots of finished runs."""
+    from reflection_assets.run_workers import recover
+
+    recovery = recover(instance)
+    for dead in recovery.failed:
+        print(f"recovered {_describe_run(dead.run)}: {dead.message}; marked failed", file=sys.stderr)
+    for run_id, slots in sorted(recovery.freed.items()):
+        print(f"freed {slots} pool slot(s) held by finished run {run_id[:8]}", file=sys.stderr)
+    if not recovery.failed and not recovery.freed and not quiet_when_nothing:
+        print("nothing to recover: no run in progress has lost its process, no finished run holds a pool slot")
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    from reflection_assets.runner import ensure_instance
+
+    _recover(ensure_instance(), quiet_when_nothing=False)
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from reflection_assets.assets.partitions import DATASETS, RECORD_PARTITIONS
     from reflection_assets.definitions import JOB_FOR_PARTITIONS, defs
@@ -158,6 +191,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not specs:
         raise DatasetError("no datasets registered; add one with `reflection datasets add NAME SOURCE`")
     instance = ensure_instance()
+    _recover(instance, quiet_when_nothing=True)  # a killed run must not hold the pool forever
     sync_dataset_partitions(instance, [s.name for s in specs])
     select = [name.strip() for name in args.select.split(",")] if args.select else None
     asset_config = _load_asset_config(args.config) if args.config else None
@@ -181,7 +215,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             outcomes += run_dataset_partition(
                 instance, defs, JOB_FOR_PARTITIONS[DATASETS], dataset_keys, spec.name, args.log_level, asset_config
             )
+        if any(o.interrupted for o in outcomes):
+            break
     _print_summary(outcomes)
+    if any(o.interrupted for o in outcomes):
+        print("reflection: interrupted; nothing more was launched", file=sys.stderr)
+        return 130
     if any(k.to_user_string() == "benchmark_scores" for k in dataset_keys):
         _print_scores([o.dataset for o in outcomes if o.success and o.shard is None])
     return 0 if all(o.success for o in outcomes) else 1
@@ -368,6 +407,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--stage", default="recycled", choices=("recycled", "raw"))
     export.set_defaults(func=cmd_export)
 
+    recover = sub.add_parser(
+        "recover",
+        help="mark failed the runs whose process died (killed, crashed) and free their pool slots",
+    )
+    recover.set_defaults(func=cmd_recover)
+
     lineage = sub.add_parser("lineage", help="print the chain of one record, source to final pair")
     lineage.add_argument("record_id", help="a record id, or a unique prefix of 6+ characters")
     lineage.add_argument("--dataset", help="only in this dataset")
@@ -386,7 +431,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate(signum, frame) -> None:
+    # SIGTERM (`timeout`, `kill`, a supervisor) stops a command as Ctrl-C does: a run in
+    # progress ends canceled, with what it holds given back.
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+    import warnings
+
+    signal.signal(signal.SIGTERM, _terminate)
+    # Dagster's beta/preview notices are for code authors, not for someone running a command.
+    warnings.filterwarnings("ignore", message=r".*is currently in (beta|preview)")
     args = build_parser().parse_args(argv)
     from reflection_assets.engines.export import ExportError
     from reflection_assets.engines.lineage import LineageError
@@ -394,6 +451,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
+    except KeyboardInterrupt:
+        print("reflection: interrupted", file=sys.stderr)
+        return 130
     except (DatasetError, TestsetError, StorageError, RunRequestError, ExportError, LineageError, ValueError) as exc:
         print(f"reflection: {exc}", file=sys.stderr)
         return 2

@@ -13,6 +13,16 @@ from reflection_assets.assets.partitions import DATASETS, RECORD_PARTITIONS
 from reflection_assets.assets.raw import raw_dataset
 from reflection_assets.assets.reflection import recycled_dataset, reflected_instructions, reflected_responses
 from reflection_assets.assets.resources import JudgeResource, OracleResource, StorageResource
+from reflection_assets.dagster_private import install_pool_wait
+from reflection_assets.engines.settings import pool_report_s
+
+# Waiting for the duckdb pool sleeps, reports who holds it and stops on SIGTERM / Ctrl-C.
+install_pool_wait(report_s=pool_report_s())
+
+# Steps run in the run's own process: every step that writes DuckDB is in the one-slot pool
+# anyway, so a process per step would only add start-up time; and a run killed with SIGKILL
+# then leaves no orphaned step process behind that goes on writing.
+EXECUTOR = dg.in_process_executor
 
 # Assets partitioned by dataset x shard, in graph order.
 RECORD_ASSETS = [raw_dataset, reflected_instructions, reflected_responses, recycled_dataset]
@@ -20,6 +30,7 @@ RECORD_ASSETS = [raw_dataset, reflected_instructions, reflected_responses, recyc
 recycle_shards = dg.define_asset_job(
     "recycle_shards",
     selection=dg.AssetSelection.assets(*RECORD_ASSETS),
+    executor_def=EXECUTOR,
     description="The record-level stages for one dataset x shard partition.",
 )
 
@@ -29,6 +40,7 @@ DATASET_ASSETS = [baseline_adapter, recycled_adapter, benchmark_scores]
 train_and_score = dg.define_asset_job(
     "train_and_score",
     selection=dg.AssetSelection.assets(*DATASET_ASSETS),
+    executor_def=EXECUTOR,
     description="The dataset-level stages (adapters, then benchmark scores) for one dataset partition.",
 )
 
@@ -72,5 +84,6 @@ defs = dg.Definitions(
     jobs=[recycle_shards, train_and_score, observe_oracles],
     schedules=[observe_oracles_nightly],
     sensors=[recycle_stale],
+    executor=EXECUTOR,
     resources={"storage": StorageResource(), "oracle": OracleResource(), "judge": JudgeResource()},
 )

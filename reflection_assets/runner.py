@@ -13,9 +13,16 @@ import dagster as dg
 
 from reflection_assets.assets.partitions import DATASETS, SHARDS, record_partition_key
 from reflection_assets.engines.settings import dagster_home
+from reflection_assets.run_workers import launch_tags
 
 
 OBSERVE_JOB = "observe_oracles"
+
+
+def cli_tags() -> dict[str, str]:
+    """Tags of a run executed by this process: who launched it, and the host and PID that
+    `reflection recover` (and run monitoring) check to tell a killed run from a live one."""
+    return {"reflection/launched_by": "cli", **launch_tags()}
 
 
 class RunRequestError(Exception):
@@ -32,6 +39,7 @@ class RunOutcome:
     rows: dict[str, int | None] = field(default_factory=dict)  # asset -> dagster/row_count
     failed_checks: list[str] = field(default_factory=list)
     check_severity: dict[str, str] = field(default_factory=dict)  # check -> WARN or ERROR
+    interrupted: bool = False  # stopped by SIGTERM or Ctrl-C: nothing after it was launched
 
 
 def ensure_instance() -> dg.DagsterInstance:
@@ -73,7 +81,23 @@ def resolve_selection(
     return sorted(selection.resolve(graph), key=lambda k: k.to_user_string())
 
 
+def _interrupted(result: dg.ExecuteInProcessResult) -> bool:
+    if result.dagster_run.status == dg.DagsterRunStatus.CANCELED:
+        return True
+    return any(
+        event.is_step_failure
+        and event.step_failure_data
+        and event.step_failure_data.error
+        and event.step_failure_data.error.cls_name == "DagsterExecutionInterruptedError"
+        for event in result.all_events
+    )
+
+
 def _failure_message(result: dg.ExecuteInProcessResult) -> str:
+    if result.dagster_run.status == dg.DagsterRunStatus.CANCELED:
+        return "canceled: interrupted by SIGTERM or Ctrl-C"
+    if _interrupted(result):
+        return "interrupted by SIGTERM or Ctrl-C; the replies it received are stored"
     messages = []
     for event in result.all_events:
         if event.is_step_failure and event.step_failure_data:
@@ -141,7 +165,7 @@ def observe_sources(instance: dg.DagsterInstance, defs: dg.Definitions, keys: Se
         defs.resolve_job_def(OBSERVE_JOB).execute_in_process(
             instance=instance,
             raise_on_error=False,
-            tags={"reflection/launched_by": "cli"},
+            tags=cli_tags(),
             run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
         )
 
@@ -176,7 +200,7 @@ def run_partitions(
                 partition_key=partition_key,
                 asset_selection=list(keys),
                 raise_on_error=False,
-                tags={"reflection/launched_by": "cli"},
+                tags=cli_tags(),
                 run_config=run_config,
             )
         except dg.DagsterInvalidConfigError as exc:
@@ -185,7 +209,10 @@ def run_partitions(
         outcome = RunOutcome(dataset, shard, result.run_id, result.success)
         if not result.success:
             outcome.error = _failure_message(result)
+            outcome.interrupted = _interrupted(result)
         _collect(result, outcome)
         outcomes.append(outcome)
+        if outcome.interrupted:
+            break  # the user asked to stop: launch nothing more
     return outcomes
 

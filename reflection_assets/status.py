@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import dagster as dg
 
 from reflection_assets.assets.partitions import DATASETS, SHARDS, record_partition_key
+from reflection_assets.dagster_private import AssetPartitionStatus, StaleCauseCategory, StaleStatus, stale_resolver
 from reflection_assets.engines.storage import Database
 
 ORACLE_KEYS = {"oracle": "oracle changed", "judge": "judge changed"}
@@ -29,24 +30,7 @@ class AssetStatus:
         return Counter(reason for reasons in self.stale.values() for reason in reasons)
 
 
-def _resolver(instance: dg.DagsterInstance, defs: dg.Definitions):
-    # Dagster's own staleness (what the UI shows), built as its test utilities build it.
-    from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
-    from dagster._core.definitions.data_version import CachingStaleStatusResolver
-    from dagster._time import get_current_datetime
-
-    graph = defs.resolve_asset_graph()
-    view = AssetGraphView(
-        temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
-        instance=instance,
-        asset_graph=graph,
-    )
-    return CachingStaleStatusResolver(instance=instance, asset_graph=graph, loading_context=view)
-
-
 def _reason(cause) -> str:
-    from dagster._core.definitions.data_version import StaleCauseCategory
-
     if cause.category == StaleCauseCategory.CODE:
         return f"code changed ({cause.key.asset_key.to_user_string()}: {cause.reason})"
     name = (cause.dependency or cause.key).asset_key.to_user_string()
@@ -56,10 +40,7 @@ def _reason(cause) -> str:
 
 
 def asset_statuses(instance: dg.DagsterInstance, defs: dg.Definitions, dataset: str, keys: Sequence[dg.AssetKey]) -> list[AssetStatus]:
-    from dagster._core.definitions.data_version import StaleStatus
-    from dagster._core.storage.partition_status_cache import AssetPartitionStatus
-
-    resolver = _resolver(instance, defs)
+    resolver = stale_resolver(instance, defs)
     graph = defs.resolve_asset_graph()
     statuses: list[AssetStatus] = []
     for key in keys:

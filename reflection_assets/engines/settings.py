@@ -38,3 +38,16 @@ def shard_count() -> int:
     if not 1 <= value <= 1024:
         raise ValueError(f"REFLECTION_SHARDS={raw!r}: expected a whole number from 1 to 1024")
     return value
+
+
+def pool_report_s() -> float:
+    """How often a run waiting for a pool slot says who holds it (REFLECTION_POOL_REPORT_S,
+    default 30 seconds)."""
+    raw = os.environ.get("REFLECTION_POOL_REPORT_S") or "30"
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"REFLECTION_POOL_REPORT_S={raw!r}: expected a number of seconds") from None
+    if value <= 0:
+        raise ValueError(f"REFLECTION_POOL_REPORT_S={raw!r}: expected a number of seconds above 0")
+    return value

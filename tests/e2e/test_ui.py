@@ -4,21 +4,16 @@ asked over GraphQL, and driven in a real headless Chromium (Debian's, through Pl
 shard of raw_dataset materialized from the UI succeeds. The screenshots are kept under
 test-artifacts/; UPDATE_SNAPSHOTS=1 also refreshes the README's copies in tests/screenshots/."""
 
-import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
+from tests.e2e.dagster_dev import BIN, REPO, graphql
+from tests.e2e.dagster_dev import dagster_dev as start_dagster_dev
+
 QUERY = (
     "{ assetNodes { assetKey { path } groupName description isObservable isMaterializable "
     "kinds owners { ... on TeamAssetOwner { team } ... on UserAssetOwner { email } } "
@@ -32,22 +27,6 @@ ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def graphql(port: int, query: str) -> dict:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/graphql",
-        data=json.dumps({"query": query}).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.load(response)
-
-
 @pytest.fixture(scope="module")
 def dagster_dev(tmp_path_factory):
     home = tmp_path_factory.mktemp("ui") / "home"
@@ -59,34 +38,8 @@ def dagster_dev(tmp_path_factory):
         env=env, capture_output=True, text=True, timeout=120,
     )
     assert added.returncode == 0, added.stderr
-    port = free_port()
-    proc = subprocess.Popen(
-        [str(BIN / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                data = graphql(port, QUERY)
-                if data.get("data", {}).get("assetNodes"):
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("dagster dev did not serve the asset graph within 180 s")
-            time.sleep(1)
+    with start_dagster_dev(env) as port:
         yield port
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def test_ui_serves_the_asset_graph(dagster_dev):

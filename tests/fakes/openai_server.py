@@ -72,7 +72,10 @@ class FakeOpenAI:
         return len(self.received)
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        body = await request.json()
+        try:
+            body = await request.json()
+        except ConnectionResetError:  # the client died mid-request (the crash tests kill it)
+            return web.Response(status=499)
         with self._lock:
             self.received.append(body)
             self.headers.append(dict(request.headers))

@@ -1,24 +1,32 @@
 """Run the oracle client over N requests in a process of its own, printing each request's
-number as its reply comes back: the subject of the kill-and-restart test.
+number as its reply comes back: the subject of the kill-and-restart test and of
+benchmarks/crash_rebuy.py.
 
-python -m tests.fakes.oracle_worker BASE_URL DATABASE N"""
+python -m tests.fakes.oracle_worker BASE_URL DATABASE N [CONCURRENCY] [--no-journal]
+
+--no-journal turns the reply journal off (its append does nothing), which is how the client
+behaved before it had one: the benchmark compares the two."""
 
 import sys
 
 from reflection_assets.engines.oracle.client import OracleClient
+from reflection_assets.engines.oracle.journal import ReplyJournal
 from reflection_assets.engines.oracle.settings import OracleSettings
 from reflection_assets.engines.storage import Database
 
 
 def main() -> None:
-    base_url, database, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    base_url, database, n = args[0], args[1], int(args[2])
+    concurrency = int(args[3]) if len(args) > 3 else 8
+    if "--no-journal" in sys.argv:
+        ReplyJournal.append = lambda self, row: None  # type: ignore[method-assign]
     settings = OracleSettings(
         backend="openai",
         model="gpt-4o-mini",
         base_url=base_url,
         api_key="sk-test-worker-key",
-        max_concurrency=8,
-        flush_interval_s=0.2,
+        max_concurrency=concurrency,
     )
     client = OracleClient(settings, Database(database), "unused")
     requests = [client.request([("user", f"question {i}")], "v1") for i in range(n)]

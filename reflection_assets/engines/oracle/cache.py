@@ -1,9 +1,10 @@
 """The content-addressed reply cache in DuckDB, and the writer that fills it.
 
 Replies are buffered and written in short transactions at least every flush interval, from
-a thread of their own, so the network never waits on the database and a killed process
-loses at most the last interval's replies. A reply reaches the caller only after it is on
-disk: parsing always comes after storing."""
+a thread of their own, so the network never waits on the database. Each paid reply is also
+appended to a journal file the moment it arrives (engines/oracle/journal.py), so a killed
+process loses none: the next client replays the journal. A reply reaches the caller only
+after it is in the database: parsing always comes after storing."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import polars as pl
 
+from reflection_assets.engines.oracle.journal import ReplyJournal, discard, journal_folder, orphaned_rows
 from reflection_assets.engines.oracle.replies import OracleReply
 from reflection_assets.engines.storage import Database
 from reflection_assets.method.requests import OracleRequest
@@ -46,9 +48,48 @@ FAILURE_SCHEMA = {
 }
 
 
+def reply_row(request: OracleRequest, reply: OracleReply) -> tuple:
+    """A reply as a row of oracle.replies, in REPLY_SCHEMA's order."""
+    return (
+        reply.request_key,
+        reply.fingerprint,
+        request.sampling.backend,
+        request.sampling.model,
+        request.prompt_version,
+        json.dumps(request.canonical(), ensure_ascii=False),
+        reply.text,
+        reply.finish_reason,
+        reply.prompt_tokens,
+        reply.completion_tokens,
+        reply.cost_usd,
+        reply.latency_s,
+        reply.attempts,
+    )
+
+
 class OracleCache:
     def __init__(self, db: Database):
         self.db = db
+        self.journals = journal_folder(db.path)
+
+    def replay_journals(self) -> int:
+        """Store the replies that killed processes journaled but never wrote to the
+        database; returns how many rows were replayed."""
+        replayed = 0
+        for path, handle, rows in orphaned_rows(self.journals):
+            if rows:
+                self._insert_replies(pl.DataFrame(rows, schema=REPLY_SCHEMA, orient="row"))
+                replayed += len(rows)
+            discard(path, handle)
+        return replayed
+
+    def journal(self) -> ReplyJournal:
+        return ReplyJournal(self.journals)
+
+    def _insert_replies(self, replies: pl.DataFrame) -> None:
+        columns = ", ".join(REPLY_SCHEMA)
+        with self.db.transaction() as con:
+            con.execute(f"INSERT OR IGNORE INTO oracle.replies ({columns}) SELECT {columns} FROM replies")
 
     def lookup(self, keys: Iterable[str]) -> dict[str, OracleReply]:
         wanted = pl.DataFrame({"request_key": sorted(set(keys))}, schema={"request_key": pl.Utf8})
@@ -82,27 +123,7 @@ class OracleCache:
         """One transaction: replies into oracle.replies, failures into oracle.failures.
         Rows go in as one frame each (executemany is ~100x slower in DuckDB)."""
         replies = pl.DataFrame(
-            [
-                (
-                    rep.request_key,
-                    rep.fingerprint,
-                    req.sampling.backend,
-                    req.sampling.model,
-                    req.prompt_version,
-                    json.dumps(req.canonical(), ensure_ascii=False),
-                    rep.text,
-                    rep.finish_reason,
-                    rep.prompt_tokens,
-                    rep.completion_tokens,
-                    rep.cost_usd,
-                    rep.latency_s,
-                    rep.attempts,
-                )
-                for req, rep in batch
-                if rep.ok
-            ],
-            schema=REPLY_SCHEMA,
-            orient="row",
+            [reply_row(req, rep) for req, rep in batch if rep.ok], schema=REPLY_SCHEMA, orient="row"
         )
         failures = pl.DataFrame(
             [
@@ -132,8 +153,9 @@ class OracleCache:
 
 
 class CacheWriter:
-    """Buffers finished calls and writes them every `interval_s` (or every `max_batch`),
-    then hands the written replies to `on_flushed`."""
+    """Journals each paid reply as it arrives, buffers finished calls and writes them to the
+    database every `interval_s` (or every `max_batch`), then hands the written replies to
+    `on_flushed`. The journal is removed once everything it holds is in the database."""
 
     def __init__(self, cache: OracleCache, interval_s: float, on_flushed: Flushed, max_batch: int = 500):
         self.cache = cache
@@ -145,11 +167,14 @@ class CacheWriter:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._closing = False
+        self._journal = cache.journal()
         self._thread = threading.Thread(target=self._loop, name="oracle-cache-writer", daemon=True)
         self._thread.start()
 
     def add(self, request: OracleRequest, reply: OracleReply) -> None:
         with self._lock:
+            if reply.ok:
+                self._journal.append(reply_row(request, reply))
             self._buffer.append((request, reply))
             if len(self._buffer) >= self.max_batch:
                 self._wake.set()
@@ -177,4 +202,6 @@ class CacheWriter:
         self._wake.set()
         self._thread.join()
         if self.error is not None:
+            # The journal stays: the next client replays what did not reach the database.
             raise self.error
+        self._journal.close()

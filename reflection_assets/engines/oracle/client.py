@@ -91,6 +91,9 @@ class OracleClient:
         """One reply per distinct request key, cached ones first, the rest as they are
         stored. Failed requests come back with `error_kind` set; nothing raises for them."""
         started = time.monotonic()
+        replayed = self.cache.replay_journals()
+        if replayed:
+            self.log.info(f"oracle: stored {replayed} replies journaled by a run that was killed before writing them")
         unique = {r.key: r for r in requests}
         self.stats.requested += len(unique)
         cached = self.cache.lookup(unique)

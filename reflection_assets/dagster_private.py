@@ -1,0 +1,110 @@
+"""Every private Dagster API this project uses, in one place (dagster is pinned to 1.13.x).
+tests/unit/test_dagster_private.py fails loudly when an upgrade moves any of them.
+
+- The run-worker health types, for `ReflectionRunLauncher`.
+- A fix to how a run waits for a pool slot in Dagster's in-process executor: its loop does
+  not sleep while a step waits for a slot (`interval_to_next_pending_claim_check` returns
+  min(0, ...), so it polls without pause, a whole CPU core) and never looks at captured
+  interrupts there, so SIGTERM and Ctrl-C are swallowed until the slot comes (measured: a
+  `reflection run` behind a killed run could not be stopped by `timeout`). Patched, the wait
+  sleeps between polls, says every `report_s` which run holds the pool and since when, and
+  turns a captured interrupt into Dagster's own interruption: the run ends canceled and its
+  place in the queue is given back.
+- Dagster's own staleness resolver (what the UI shows), for `reflection status`.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+
+import dagster as dg
+from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
+from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleCauseCategory, StaleStatus
+from dagster._core.execution.plan.active import ActiveExecution, _pool_key_for_step
+from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
+from dagster._core.storage.partition_status_cache import AssetPartitionStatus
+from dagster._time import get_current_datetime
+from dagster._utils.interrupts import pop_captured_interrupt
+
+__all__ = [
+    "AssetPartitionStatus",
+    "CheckRunHealthResult",
+    "StaleCauseCategory",
+    "StaleStatus",
+    "WorkerStatus",
+    "install_pool_wait",
+    "pool_holders",
+    "stale_resolver",
+]
+
+POLL_S = 0.5
+INTERRUPTED_WAITING = "interrupted (SIGTERM or Ctrl-C) while waiting for a pool slot"
+
+_original_sleep = ActiveExecution.sleep_til_ready
+_last_report: dict[str, float] = {}
+
+
+def pool_holders(instance: dg.DagsterInstance, pool: str) -> tuple[int, list[tuple[str, str, datetime | None]]]:
+    """(limit, [(run id, step key, since)]) of the slots of `pool` now claimed."""
+    info = instance.event_log_storage.get_concurrency_info(pool)
+    since = {(p.run_id, p.step_key): p.assigned_timestamp for p in info.pending_steps if p.assigned_timestamp}
+    return info.slot_count, [(s.run_id, s.step_key, since.get((s.run_id, s.step_key))) for s in info.claimed_slots]
+
+
+def waiting_message(instance: dg.DagsterInstance, pool: str, step: str) -> str:
+    limit, holders = pool_holders(instance, pool)
+    now = datetime.now(timezone.utc)
+    held = "; ".join(
+        f"run {run_id[:8]} (step {step_key}"
+        + (f", since {since:%H:%M:%S} UTC, {int((now - since).total_seconds())} s ago" if since else "")
+        + ")"
+        for run_id, step_key, since in holders
+    ) or "nobody (the slot is being handed over)"
+    return f"step {step} is waiting for a slot of pool {pool!r} (limit {limit}), held by {held}"
+
+
+def install_pool_wait(report_s: float = 30.0, echo: Callable[[str], None] | None = None) -> None:
+    """Patch the in-process executor's wait for pool slots (see the module docstring).
+    Idempotent; `echo` also prints each report (default: standard error)."""
+    echo = echo or (lambda line: print(line, file=sys.stderr, flush=True))
+
+    def sleep_til_ready(self: ActiveExecution) -> None:
+        context = self._instance_concurrency_context
+        if context is None or not context.has_pending_claims():
+            _original_sleep(self)
+            return
+        instance, run_id = context._instance, context._run_id
+        if pop_captured_interrupt():
+            # A termination request first: Dagster then ends the run canceled, not failed.
+            run = instance.get_run_by_id(run_id)
+            if run is not None and run.status not in (dg.DagsterRunStatus.CANCELING, dg.DagsterRunStatus.CANCELED):
+                instance.report_run_canceling(run, message=INTERRUPTED_WAITING)
+            self.mark_interrupted()
+            raise dg.DagsterExecutionInterruptedError(INTERRUPTED_WAITING)
+        now = time.monotonic()
+        if run_id not in _last_report or now - _last_report[run_id] >= report_s:
+            _last_report[run_id] = now
+            run = instance.get_run_by_id(run_id)
+            for step in context.pending_claim_steps():
+                message = waiting_message(instance, _pool_key_for_step(self.get_step_by_key(step)) or "?", step)
+                echo(f"run {run_id[:8]}: {message}")
+                if run is not None:
+                    instance.report_engine_event(message, run)
+        time.sleep(POLL_S)
+
+    ActiveExecution.sleep_til_ready = sleep_til_ready  # type: ignore[method-assign]
+
+
+def stale_resolver(instance: dg.DagsterInstance, defs: dg.Definitions) -> CachingStaleStatusResolver:
+    """Dagster's own staleness (what the UI shows), built as its test utilities build it;
+    it answers with StaleStatus and causes of StaleCauseCategory."""
+    graph = defs.resolve_asset_graph()
+    view = AssetGraphView(
+        temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
+        instance=instance,
+        asset_graph=graph,
+    )
+    return CachingStaleStatusResolver(instance=instance, asset_graph=graph, loading_context=view)

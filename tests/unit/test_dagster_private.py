@@ -1,0 +1,70 @@
+"""The private Dagster APIs of reflection_assets/dagster_private.py, as this project uses
+them. An upgrade of dagster that moves or changes any of them fails here, by name, before
+it fails somewhere less obvious."""
+
+import inspect
+
+import dagster as dg
+from dagster._core.execution.plan.active import ActiveExecution
+from dagster._core.execution.plan.instance_concurrency_context import InstanceConcurrencyContext
+
+from reflection_assets import dagster_private
+
+
+def test_the_pool_wait_bug_we_patch_is_still_there():
+    # Dagster computes the pause before the next claim check as min(0, ...): never positive,
+    # so its in-process loop polls without sleeping. If this fails, Dagster fixed it: check
+    # whether install_pool_wait is still needed.
+    source = inspect.getsource(InstanceConcurrencyContext.interval_to_next_pending_claim_check)
+    assert "returnmin([0," in source.replace(" ", "")
+
+
+def test_what_the_pool_wait_patch_reads_exists():
+    init = inspect.getsource(InstanceConcurrencyContext.__init__)
+    assert "self._instance = instance" in init and "self._run_id = dagster_run.run_id" in init
+    for name in ("has_pending_claims", "pending_claim_steps"):
+        assert callable(getattr(InstanceConcurrencyContext, name))
+    assert "self._instance_concurrency_context = instance_concurrency_context" in inspect.getsource(
+        ActiveExecution.__init__
+    )
+    for name in ("mark_interrupted", "get_step_by_key", "sleep_til_ready"):
+        assert callable(getattr(ActiveExecution, name))
+    # The in-process loop still calls sleep_til_ready when no step can start.
+    from dagster._core.execution.plan import execute_plan
+
+    assert "active_execution.sleep_til_ready()" in inspect.getsource(execute_plan.inner_plan_execution_iterator)
+
+
+def test_install_pool_wait_replaces_the_sleep_and_is_idempotent():
+    import reflection_assets.definitions  # noqa: F401 (installs it)
+
+    patched = ActiveExecution.sleep_til_ready
+    assert patched is not dagster_private._original_sleep
+    dagster_private.install_pool_wait()
+    assert ActiveExecution.sleep_til_ready.__qualname__ == patched.__qualname__
+
+
+def test_the_health_and_staleness_types(instance):
+    assert {s.name for s in dagster_private.WorkerStatus} >= {"RUNNING", "FAILED"}
+    result = dagster_private.CheckRunHealthResult(dagster_private.WorkerStatus.FAILED, "gone")
+    assert result.status.name == "FAILED" and result.msg == "gone"
+    assert {"STALE", "FRESH"} <= {s.name for s in dagster_private.StaleStatus}
+    assert {"CODE", "DATA", "DEPENDENCIES"} <= {c.name for c in dagster_private.StaleCauseCategory}
+    assert {"MATERIALIZED", "FAILED", "IN_PROGRESS"} <= {s.name for s in dagster_private.AssetPartitionStatus}
+
+    @dg.asset
+    def a() -> None: ...
+
+    resolver = dagster_private.stale_resolver(instance, dg.Definitions(assets=[a]))
+    assert resolver.get_status(dg.AssetKey("a")) in set(dagster_private.StaleStatus)
+
+
+def test_pool_holders_reads_the_claimed_slots(instance):
+    storage = instance.event_log_storage
+    storage.set_concurrency_slots("duckdb", 1)
+    assert storage.claim_concurrency_slot("duckdb", "run-a", "step-a").is_claimed
+    limit, holders = dagster_private.pool_holders(instance, "duckdb")
+    assert limit == 1 and [(r, s) for r, s, _ in holders] == [("run-a", "step-a")]
+    assert holders[0][2] is not None  # since when
+    message = dagster_private.waiting_message(instance, "duckdb", "step-b")
+    assert "held by run run-a (step step-a, since" in message
