@@ -2,7 +2,9 @@
 
 Rules, written against what real oracles do:
 - A section starts at a marker at the start of a line: `[New Answer]`, `**[New Answer]**`,
-  `New Answer:`, `**New Answer:**`, `### New Answer`. Markers mentioned inside a sentence
+  `New Answer:`, `**New Answer:**`, `### New Answer`, also numbered or bulleted as the
+  prompt's own numbered steps invite (`3. [New Answer]`, `**2.** [New Instruction]`,
+  `2) New Instruction:`, `- [New Answer]`). Markers mentioned inside a sentence
   (a critique saying "the [New Answer] below") are not section starts; when a marker
   starts several lines, the last one before the next section's marker wins, because the
   critique comes first.
@@ -54,12 +56,15 @@ class Parsed:
 
 
 _DECOR = r"[ \t>*_#-]*"  # markdown around a marker: quotes, bold, italics, headings, bullets
+# A step number before a marker, as replies that follow the prompt's numbered steps write it:
+# "3.", "2)", "(2)", "Step 3:", "**2.**".
+_NUMBER = rf"(?:(?:step\s+)?\d{{1,2}}\s*[.):]|\(\d{{1,2}}\)){_DECOR}"
 
 
 def _start_pattern(name: str) -> re.Pattern[str]:
     words = r"\s+".join(map(re.escape, name.split()))
     return re.compile(
-        rf"^{_DECOR}(?:\[\s*{words}\s*\]|{words}\s*:|{words}[ \t*_]*$)[ \t*_]*:?[ \t*_]*",
+        rf"^{_DECOR}(?:{_NUMBER})?(?:\[\s*{words}\s*\]|{words}\s*:|{words}[ \t*_]*$)[ \t*_]*:?[ \t*_]*",
         re.IGNORECASE | re.MULTILINE,
     )
 

@@ -54,6 +54,58 @@ def test_markdown_and_marker_variants(reply):
     assert parsed.sections == {"New Instruction": "Do X well.", "New Answer": "X, done well."}
 
 
+NUMBERED = """1. The instruction is vague: it names no audience, and the answer is two words long.
+2. [New Instruction] Explain to a first-year student how a hash table resolves collisions,
+comparing chaining with open addressing on one example. [End]
+
+3. [New Answer] A hash table maps keys to slots; two keys may land in the same slot. With
+chaining, each slot holds a list. With open addressing, the table probes the next free slot. [End]"""
+
+
+def test_a_reply_that_numbers_its_sections_as_the_prompt_does():
+    parsed = parse_instruction_reply(NUMBERED, "stop")
+    assert parsed.outcome == Outcome.OK, parsed.reason
+    assert parsed.sections["New Instruction"].startswith("Explain to a first-year student")
+    assert parsed.sections["New Instruction"].endswith("on one example.")
+    assert parsed.sections["New Answer"].endswith("probes the next free slot.")
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "1. Critique.\n2. [New Instruction] Do X well. [End]\n3. [New Answer] X, done well. [End]",
+        "- Critique.\n- [New Instruction] Do X well. [End]\n- [New Answer] X, done well. [End]",
+        "**1.** Critique.\n**2.** [New Instruction] Do X well. [End]\n**3.** [New Answer] X, done well. [End]",
+        "1) Critique.\n2) New Instruction: Do X well.\n3) New Answer: X, done well.",
+        "(1) Critique.\n(2) **New Instruction:** Do X well.\n(3) **New Answer:** X, done well.",
+        "Step 1: critique.\nStep 2: [New Instruction] Do X well. [End]\nStep 3: [New Answer] X, done well. [End]",
+        "1. Critique.\n\n2. **[New Instruction]**\nDo X well.\n[End]\n\n3. **[New Answer]**\nX, done well.\n[End]",
+    ],
+    ids=["dot", "bullet", "bold-number", "paren-colon", "paren-bold", "step", "number-then-block"],
+)
+def test_numbered_and_bulleted_markers(reply):
+    parsed = parse_instruction_reply(reply, "stop")
+    assert parsed.outcome == Outcome.OK, parsed.reason
+    assert parsed.sections == {"New Instruction": "Do X well.", "New Answer": "X, done well."}
+
+
+def test_numbered_markers_keep_every_protection():
+    # The last marker wins over one quoted in a numbered critique line.
+    quoted = "1. Your [New Answer] should be longer.\n2. [New Instruction] Do X. [End]\n3. [New Answer] X. [End]"
+    assert parse_instruction_reply(quoted, "stop").sections == {"New Instruction": "Do X.", "New Answer": "X."}
+    # "Endpoint" never cuts a numbered section.
+    endpoint = "2. [New Instruction] Document the Endpoint API. [End]\n3. [New Answer] The Endpoint returns JSON."
+    assert parse_instruction_reply(endpoint, "stop").sections["New Instruction"] == "Document the Endpoint API."
+    # An echo of the layout is still an echo, a cut reply still cut.
+    echo = "1. Critique.\n2. [New Instruction] your new instruction [End]\n3. [New Answer] your new answer [End]"
+    assert parse_instruction_reply(echo, "stop").outcome == Outcome.TEMPLATE_ECHO
+    cut = "1. Critique.\n2. [New Instruction] Do X. [End]\n3. [New Answer] The answer sta"
+    assert parse_instruction_reply(cut, "length").outcome == Outcome.TRUNCATED
+    assert parse_response_reply("1. Weak.\n2. [Better Answer] Much better. [End]", "stop").sections == {
+        "Better Answer": "Much better."
+    }
+
+
 def test_missing_final_end_at_the_end_of_a_finished_reply_is_accepted():
     parsed = parse_instruction_reply("[New Instruction] Do X. [End]\n[New Answer] All of X.", "stop")
     assert parsed.outcome == Outcome.OK and parsed.sections["New Answer"] == "All of X."
