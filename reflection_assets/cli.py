@@ -7,6 +7,7 @@ import sys
 from collections import defaultdict
 
 from reflection_assets.engines.datasets import DatasetError, parse_field_map
+from reflection_assets.engines.export import EXPORT_FORMATS, INSPECTION_STAGES, STAGES, ExportError
 from reflection_assets.engines.sources import FORMATS
 from reflection_assets.engines.testsets import FORMATS as TESTSET_FORMATS
 from reflection_assets.engines.testsets import TestsetError
@@ -77,6 +78,15 @@ def _print_scores(names: list[str]) -> bool:
 
 def cmd_scores(args: argparse.Namespace) -> int:
     names = [args.dataset] if args.dataset else [s.name for s in _storage().registry().list()]
+    if args.json:
+        import json
+
+        from reflection_assets.engines.benchmark import latest_scores
+
+        db = _storage().db()
+        found = [latest for name in names if (latest := latest_scores(db, name)) is not None]
+        print(json.dumps(found, indent=2))
+        return 0
     if not _print_scores(names):
         print("no benchmark scores yet: materialize benchmark_scores (e.g. `reflection run --select benchmark_scores`)")
     return 0
@@ -279,8 +289,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     storage = _storage()
     storage.registry().get(args.name)
     result = export_dataset(storage.db(), args.name, args.stage, args.format, Path(args.out), shard_count())
-    print(f"wrote {result.rows} records to {result.path} ({args.format})")
-    print(f"LLaMA-Factory entry {result.entry!r} in {result.dataset_info}")
+    print(f"wrote {result.rows} {'rows' if result.entry is None else 'records'} to {result.path} ({args.format})")
+    if result.entry is not None:
+        print(f"LLaMA-Factory entry {result.entry!r} in {result.dataset_info}")
     if result.shards_missing:
         shards = ", ".join(f"{s:02d}" for s in result.shards_missing)
         print(f"warning: shard(s) {shards} have no {args.stage} rows yet; the file holds the others", file=sys.stderr)
@@ -382,6 +393,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     scores = sub.add_parser("scores", help="print the latest benchmark scores")
     scores.add_argument("--dataset", help="one registered dataset (default: all)")
+    scores.add_argument(
+        "--json", action="store_true",
+        help="a JSON array, one object per dataset with a benchmark: for scripts and CI gates",
+    )
     scores.set_defaults(func=cmd_scores)
 
     run = sub.add_parser("run", help="materialize assets headless, as the UI would")
@@ -402,9 +417,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = sub.add_parser("export", help="write a dataset in a standard layout for training tools")
     export.add_argument("name", help="a registered dataset")
-    export.add_argument("--format", required=True, choices=("alpaca", "jsonl", "sharegpt", "parquet"))
-    export.add_argument("--out", required=True, help="the file to write; dataset_info.json goes beside it")
-    export.add_argument("--stage", default="recycled", choices=("recycled", "raw"))
+    export.add_argument(
+        "--format", required=True, choices=EXPORT_FORMATS,
+        help="alpaca, jsonl, sharegpt or parquet; a reflection stage: jsonl or parquet",
+    )
+    export.add_argument("--out", required=True, help="the file to write; dataset_info.json goes beside a training set")
+    export.add_argument(
+        "--stage", default="recycled", choices=(*STAGES, *INSPECTION_STAGES),
+        help="recycled (default) or raw: a training set; reflected_instructions or reflected_responses: "
+        "one row per record and variant with the stage's outcome and reason",
+    )
     export.set_defaults(func=cmd_export)
 
     recover = sub.add_parser(
@@ -445,7 +467,6 @@ def main(argv: list[str] | None = None) -> int:
     # Dagster's beta/preview notices are for code authors, not for someone running a command.
     warnings.filterwarnings("ignore", message=r".*is currently in (beta|preview)")
     args = build_parser().parse_args(argv)
-    from reflection_assets.engines.export import ExportError
     from reflection_assets.engines.lineage import LineageError
     from reflection_assets.runner import RunRequestError
 

@@ -136,3 +136,23 @@ FROM reflect.responses AS c
 JOIN raw.records AS r ON r.dataset = c.dataset AND r.record_id = c.record_id
 LEFT JOIN reflect.instructions AS i ON i.dataset = c.dataset AND i.record_id = c.record_id
 GROUP BY c.dataset, c.shard;
+
+-- Each stage's result per record, for inspection (`reflection export --stage ...`): the pair
+-- as that stage left it (the new one where it replaced it, the one it was given otherwise),
+-- with the outcome and its reason.
+CREATE OR REPLACE VIEW reflect.instruction_stage AS
+SELECT i.dataset, i.shard, i.record_id, 'instruction' AS variant, i.outcome, i.reason,
+       coalesce(i.new_instruction, r.instruction) AS instruction,
+       CASE WHEN i.replaced THEN '' ELSE r.input END AS input,
+       coalesce(i.new_output, r.output) AS output,
+       r.source_row
+FROM reflect.instructions AS i
+JOIN raw.records AS r USING (dataset, record_id);
+
+CREATE OR REPLACE VIEW reflect.response_stage AS
+SELECT c.dataset, c.shard, c.record_id, c.variant, c.outcome, c.reason, c.instruction, c.input,
+       coalesce(c.better_output, CASE WHEN c.base = 'instruction_reflected' THEN i.new_output ELSE r.output END) AS output,
+       r.source_row
+FROM reflect.responses AS c
+JOIN raw.records AS r ON r.dataset = c.dataset AND r.record_id = c.record_id
+LEFT JOIN reflect.instructions AS i ON i.dataset = c.dataset AND i.record_id = c.record_id;

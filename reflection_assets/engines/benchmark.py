@@ -318,8 +318,9 @@ def plot_scores(scores: pl.DataFrame, path: Path, comparison: str = "recycled_vs
     plt.close(fig)
 
 
-def latest_report(db: Database, dataset: str) -> list[str]:
-    """The latest benchmark run of a dataset as printable lines; empty when there is none."""
+def latest_scores(db: Database, dataset: str) -> dict[str, object] | None:
+    """The latest benchmark run of a dataset: its adapters and judge, the score of every
+    comparison and test set, and the held-out losses; None when there is none."""
     with db.connect() as con:
         run = con.execute(
             "SELECT run_id, baseline_adapter, recycled_adapter, judge_model, judge_fingerprint, created_at "
@@ -327,7 +328,7 @@ def latest_report(db: Database, dataset: str) -> list[str]:
             [dataset],
         ).fetchone()
         if run is None:
-            return []
+            return None
         scores = con.execute(
             "SELECT comparison, testset, win, tie, lose, unparsed, winning_score FROM bench.scores "
             "WHERE run_id = ? AND category = 'all' ORDER BY comparison, testset",
@@ -338,16 +339,43 @@ def latest_report(db: Database, dataset: str) -> list[str]:
             "ORDER BY reference, model",
             [run[0]],
         ).fetchall()
+    score_keys = ("comparison", "testset", "win", "tie", "lose", "unparsed", "winning_score")
+    loss_keys = ("model", "reference", "examples", "loss", "perplexity")
+    return {
+        "dataset": dataset,
+        "run_id": run[0],
+        "created_at": run[5].isoformat(),
+        "baseline_adapter": run[1],
+        "recycled_adapter": run[2],
+        "judge_model": run[3],
+        "judge_fingerprint": run[4],
+        "scores": [dict(zip(score_keys, row, strict=True)) for row in scores],
+        "heldout_loss": [dict(zip(loss_keys, row, strict=True)) for row in losses],
+    }
+
+
+def latest_report(db: Database, dataset: str) -> list[str]:
+    """The latest benchmark run of a dataset as printable lines; empty when there is none."""
+    latest = latest_scores(db, dataset)
+    if latest is None:
+        return []
     lines = [
-        f"benchmark {run[0]} of {dataset} ({run[5]:%Y-%m-%d %H:%M}): recycled adapter {run[2]} vs "
-        f"baseline {run[1]}, judged by {run[3]} (fingerprint {run[4]})",
+        f"benchmark {latest['run_id']} of {dataset} ({latest['created_at'][:16].replace('T', ' ')}): recycled "
+        f"adapter {latest['recycled_adapter']} vs baseline {latest['baseline_adapter']}, judged by "
+        f"{latest['judge_model']} (fingerprint {latest['judge_fingerprint']})",
         f"  {'comparison':<24} {'test set':<16} {'win':>5} {'tie':>5} {'lose':>5} {'unparsed':>9}  winning score",
     ]
-    for comparison, testset, win, tie, lose, unparsed, score in scores:
-        shown = "n/a" if score is None else f"{score:.3f}"
-        lines.append(f"  {comparison:<24} {testset:<16} {win:>5} {tie:>5} {lose:>5} {unparsed:>9}  {shown}")
-    if losses:
+    for row in latest["scores"]:  # type: ignore[union-attr]
+        shown = "n/a" if row["winning_score"] is None else f"{row['winning_score']:.3f}"
+        lines.append(
+            f"  {row['comparison']:<24} {row['testset']:<16} {row['win']:>5} {row['tie']:>5} {row['lose']:>5} "
+            f"{row['unparsed']:>9}  {shown}"
+        )
+    if latest["heldout_loss"]:
         lines.append("  held-out loss (mean response-token loss, lower is better):")
-        for model, reference, examples, loss, perplexity in losses:
-            lines.append(f"    {model:<9} on {reference:<9} answers ({examples} examples): loss {loss:.4f}, perplexity {perplexity:.2f}")
+        for row in latest["heldout_loss"]:  # type: ignore[union-attr]
+            lines.append(
+                f"    {row['model']:<9} on {row['reference']:<9} answers ({row['examples']} examples): "
+                f"loss {row['loss']:.4f}, perplexity {row['perplexity']:.2f}"
+            )
     return lines

@@ -15,7 +15,15 @@ import polars as pl
 from reflection_assets.engines.storage import Database
 
 EXPORT_FORMATS = ("alpaca", "jsonl", "sharegpt", "parquet")
+# Training sets: every format, with a LLaMA-Factory entry beside the file.
 STAGES = {"recycled": "reflect.recycled", "raw": "raw.records"}
+# A stage's result per record (and variant), with its outcome: for inspection, as rows.
+INSPECTION_STAGES = {
+    "reflected_instructions": ("reflect.instruction_stage", "reflected_instructions"),
+    "reflected_responses": ("reflect.response_stage", "reflected_responses"),
+}
+INSPECTION_FORMATS = ("jsonl", "parquet")
+INSPECTION_COLUMNS = ("record_id", "variant", "outcome", "reason", "instruction", "input", "output")
 
 
 class ExportError(Exception):
@@ -26,20 +34,22 @@ class ExportError(Exception):
 class ExportResult:
     path: Path
     rows: int
-    dataset_info: Path
-    entry: str
+    dataset_info: Path | None  # None for a stage's inspection rows: not a training set
+    entry: str | None
     shards_missing: list[int]
 
 
 def load_rows(db: Database, dataset: str, stage: str, shard_count: int) -> tuple[pl.DataFrame, list[int]]:
-    table = STAGES[stage]
-    provenance = "provenance" if stage == "recycled" else "'original'"
+    if stage in INSPECTION_STAGES:
+        view = INSPECTION_STAGES[stage][0]
+        sql = (f"SELECT {', '.join(INSPECTION_COLUMNS)}, shard FROM {view} WHERE dataset = ? "
+               "ORDER BY source_row, record_id, variant")
+    else:
+        provenance = "provenance" if stage == "recycled" else "'original'"
+        sql = (f"SELECT record_id, instruction, input, output, {provenance} AS provenance, shard "
+               f"FROM {STAGES[stage]} WHERE dataset = ? ORDER BY source_row, record_id")
     with db.connect() as con:
-        frame = con.execute(
-            f"SELECT record_id, instruction, input, output, {provenance} AS provenance, shard "
-            f"FROM {table} WHERE dataset = ? ORDER BY source_row, record_id",
-            [dataset],
-        ).pl()
+        frame = con.execute(sql, [dataset]).pl()
     present = set(frame["shard"].to_list())
     return frame.drop("shard"), [s for s in range(shard_count) if s not in present]
 
@@ -90,13 +100,14 @@ def _write_atomically(path: Path, write) -> None:
 def export_dataset(
     db: Database, dataset: str, stage: str, fmt: str, out: Path, shard_count: int
 ) -> ExportResult:
-    if fmt not in EXPORT_FORMATS:
-        raise ExportError(f"format {fmt!r}: expected one of {', '.join(EXPORT_FORMATS)}")
-    if stage not in STAGES:
-        raise ExportError(f"stage {stage!r}: expected one of {', '.join(STAGES)}")
+    if stage not in STAGES and stage not in INSPECTION_STAGES:
+        raise ExportError(f"stage {stage!r}: expected one of {', '.join([*STAGES, *INSPECTION_STAGES])}")
+    formats = INSPECTION_FORMATS if stage in INSPECTION_STAGES else EXPORT_FORMATS
+    if fmt not in formats:
+        raise ExportError(f"format {fmt!r} for stage {stage}: expected one of {', '.join(formats)}")
     frame, missing = load_rows(db, dataset, stage, shard_count)
     if frame.is_empty():
-        asset = "recycled_dataset" if stage == "recycled" else "raw_dataset"
+        asset = INSPECTION_STAGES[stage][1] if stage in INSPECTION_STAGES else f"{stage}_dataset"
         raise ExportError(f"dataset {dataset!r} has no {stage} rows yet: materialize {asset} first")
 
     def write(temp: Path) -> None:
@@ -109,6 +120,8 @@ def export_dataset(
             temp.write_text(json.dumps(rows, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
 
     _write_atomically(out, write)
+    if stage in INSPECTION_STAGES:
+        return ExportResult(out, frame.height, None, None, missing)
 
     info_path = out.parent / "dataset_info.json"
     info = json.loads(info_path.read_text()) if info_path.exists() else {}

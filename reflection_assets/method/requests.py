@@ -39,23 +39,48 @@ class SamplingSettings:
         }
 
 
+# A reply constrained to one whole number from 1 to 10 (the embedded judge's scores).
+SCORE = "score_1_10"
+CONSTRAINTS = (SCORE,)
+
+
 @dataclass(frozen=True, slots=True)
 class OracleRequest:
+    """One call. When the last message is the assistant's, the reply continues that turn
+    (the section marker is written for the model). `stop` ends the reply at the first of
+    these strings, which the reply does not include. `constraint` limits what the reply may
+    be (SCORE). Both are part of the key only when set, so requests without them keep the
+    keys they always had."""
+
     messages: tuple[Message, ...]
     sampling: SamplingSettings
     prompt_version: str
+    stop: tuple[str, ...] = ()
+    constraint: str | None = None
     key: str = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        if self.constraint is not None and self.constraint not in CONSTRAINTS:
+            raise ValueError(f"constraint {self.constraint!r}: expected one of {', '.join(CONSTRAINTS)}")
         # sha256 of the canonical request: equal requests share one reply, forever.
         object.__setattr__(self, "key", _digest(self.canonical()))
 
     def canonical(self) -> dict[str, object]:
-        return {
+        canonical: dict[str, object] = {
             **self.sampling._fields(),
             "prompt_version": self.prompt_version,
             "messages": [list(m) for m in self.messages],
         }
+        if self.stop:
+            canonical["stop"] = list(self.stop)
+        if self.constraint is not None:
+            canonical["constraint"] = self.constraint
+        return canonical
+
+    @property
+    def continues(self) -> bool:
+        """The reply continues the assistant turn the messages end with."""
+        return bool(self.messages) and self.messages[-1][0] == "assistant"
 
     @property
     def fingerprint(self) -> str:

@@ -46,6 +46,35 @@ def test_export_raw_keeps_inputs_and_other_entries(recycled, tmp_path):
     assert set(json.loads((folder / "dataset_info.json").read_text())) == {"tagged_recycled", "tagged_raw"}
 
 
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_stage_exports_show_each_records_outcome(recycled, tmp_path, capsys, fmt):
+    import polars as pl
+
+    for stage, rows in (("reflected_instructions", len(ROWS)), ("reflected_responses", len(ROWS))):
+        out = tmp_path / f"{stage}.{fmt}"
+        assert main(["export", "tagged", "--stage", stage, "--format", fmt, "--out", str(out)]) == 0
+        printed = capsys.readouterr().out
+        assert f"wrote {rows} rows" in printed and "LLaMA-Factory" not in printed
+        frame = pl.read_parquet(out) if fmt == "parquet" else pl.read_ndjson(out)
+        assert frame.columns == ["record_id", "variant", "outcome", "reason", "instruction", "input", "output"]
+        assert frame.height == rows
+        by_outcome = dict(frame.group_by("outcome").len().iter_rows())
+        if stage == "reflected_instructions":
+            assert set(frame["variant"]) == {"instruction"}
+            assert by_outcome["missing_marker"] == 1 and by_outcome["oracle_error"] == 1
+            kept = frame.filter(pl.col("outcome") == "missing_marker").row(0, named=True)
+            assert kept["instruction"] == "Name a color #missing" and kept["output"] == "Red"
+            assert kept["reason"].startswith("kept the original pair")
+            new = frame.filter(pl.col("instruction").str.contains("Plain task 1 Explain")).row(0, named=True)
+            assert new["outcome"] == "ok" and new["input"] == ""
+        else:
+            assert set(frame["variant"]) == {"chain"}
+            assert frame.filter(pl.col("outcome") == "ok")["output"].str.starts_with("A better answer").all()
+    assert not (tmp_path / "dataset_info.json").exists()
+    bad = main(["export", "tagged", "--stage", "reflected_responses", "--format", "alpaca", "--out", str(tmp_path / "x")])
+    assert bad == 2 and "expected one of jsonl, parquet" in capsys.readouterr().err
+
+
 def test_export_before_recycling_says_what_to_run(tagged, tmp_path, capsys):  # noqa: F811
     assert main(["export", "tagged", "--format", "jsonl", "--out", str(tmp_path / "x.jsonl")]) == 2
     assert "materialize recycled_dataset first" in capsys.readouterr().err

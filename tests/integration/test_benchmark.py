@@ -95,7 +95,7 @@ def judge(monkeypatch):
         yield server
 
 
-def test_benchmark_scores_with_a_scripted_judge(home, instance, oracle, judge, tmp_path, shared_artifacts, monkeypatch):  # noqa: F811
+def test_benchmark_scores_with_a_scripted_judge(home, instance, oracle, judge, tmp_path, shared_artifacts, monkeypatch, capsys):  # noqa: F811
     from reflection_assets.engines.testsets import TestsetRegistry
     from reflection_assets.assets.resources import StorageResource
 
@@ -184,6 +184,17 @@ def test_benchmark_scores_with_a_scripted_judge(home, instance, oracle, judge, t
     assert all(m["is_current"] and m["winning_scores"].startswith("tiny ") for m in chain.models)
     [held] = record_lineage(db, sorted(everyone - trained)[0])
     assert held.models == []
+
+    # The scores for scripts: `reflection scores --json`.
+    from reflection_assets.cli import main
+
+    capsys.readouterr()
+    assert main(["scores", "--json"]) == 0
+    [latest] = json.loads(capsys.readouterr().out)
+    [row] = [r for r in latest["scores"] if r["comparison"] == "recycled_vs_baseline"]
+    assert (row["win"], row["tie"], row["lose"], row["unparsed"]) == (tally.win, tally.tie, tally.lose, 1)
+    assert row["winning_score"] == pytest.approx(score) and row["testset"] == "tiny"
+    assert latest["dataset"] and latest["judge_model"] == "judge-x" and len(latest["heldout_loss"]) == 4
 
     # 3. Re-materializing: no answer generated, no judge request sent.
     sent = judge.request_count

@@ -9,6 +9,7 @@ before they reach the caller."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import queue
 import threading
@@ -79,8 +80,20 @@ class OracleClient:
                 "set REFLECTION_ORACLE_PRICE_INPUT and _PRICE_OUTPUT ($ per 1M tokens)"
             )
 
-    def request(self, messages: Sequence[Message], prompt_version: str) -> OracleRequest:
-        return OracleRequest(tuple(messages), self.settings.sampling, prompt_version)
+    def request(
+        self,
+        messages: Sequence[Message],
+        prompt_version: str,
+        stop: Sequence[str] = (),
+        constraint: str | None = None,
+        max_tokens: int | None = None,
+    ) -> OracleRequest:
+        """A request with these settings' sampling; `max_tokens` lowers the reply's limit for
+        this call (a prompt profile's per-section limit), never raises it."""
+        sampling = self.settings.sampling
+        if max_tokens is not None and max_tokens < sampling.max_tokens:
+            sampling = dataclasses.replace(sampling, max_tokens=max_tokens)
+        return OracleRequest(tuple(messages), sampling, prompt_version, tuple(stop), constraint)
 
     def fingerprint(self, prompt_version: str) -> str:
         return self.settings.fingerprint(prompt_version)
