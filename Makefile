@@ -51,6 +51,8 @@ bench: setup
 	$(BIN)/python benchmarks/oracle_throughput.py
 	$(BIN)/python benchmarks/reflection_overhead.py
 	$(BIN)/python benchmarks/crash_rebuy.py
+	$(BIN)/python benchmarks/local_generation.py
+	$(BIN)/python benchmarks/demo_stages.py
 
 clean:
 	rm -rf $(VENV) dagster_home/storage dagster_home/history dagster_home/schedules \

@@ -92,7 +92,7 @@ def oracle_spend(db: Database, dataset: str) -> list[tuple[str, int, int, float]
         ).fetchall()
         judge = con.execute(
             "SELECT 'judge (latest benchmark)', count(*), coalesce(sum(o.prompt_tokens + o.completion_tokens), 0), "
-            "coalesce(sum(o.cost_usd), 0) FROM (SELECT DISTINCT j.request_key FROM bench.judgments j "
+            "coalesce(sum(o.cost_usd), 0) FROM (SELECT DISTINCT j.request_key FROM bench.judge_calls j "
             "JOIN bench.latest l USING (run_id) WHERE l.dataset = ?) k JOIN oracle.replies o USING (request_key)",
             [dataset],
         ).fetchall()

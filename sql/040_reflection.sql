@@ -8,6 +8,7 @@ CREATE TABLE IF NOT EXISTS reflect.instructions (
     record_id          VARCHAR NOT NULL,
     request_key        VARCHAR NOT NULL,
     repair_key         VARCHAR,            -- the follow-up call, when one was made
+    answer_key         VARCHAR,            -- compact profile: the second call, the new answer
     fingerprint        VARCHAR NOT NULL,   -- oracle + prompt version
     prompt_version     VARCHAR NOT NULL,
     outcome            VARCHAR NOT NULL,   -- ok, missing_marker, template_echo, truncated, empty, oracle_error
@@ -23,6 +24,8 @@ CREATE TABLE IF NOT EXISTS reflect.instructions (
     PRIMARY KEY (dataset, record_id),
     CHECK (replaced = (new_instruction IS NOT NULL) AND replaced = (new_output IS NOT NULL))
 );
+-- Databases made before the compact profile existed.
+ALTER TABLE reflect.instructions ADD COLUMN IF NOT EXISTS answer_key VARCHAR;
 
 -- Phase 2: response reflection. variant 'chain' reflects the pair phase 1 produced (the
 -- original when phase 1 kept it), as V1 does; variant 'original' reflects the original.

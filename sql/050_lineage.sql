@@ -11,6 +11,9 @@ WITH asked AS (
     SELECT dataset, record_id, 'instruction repair', repair_key, outcome, reason FROM reflect.instructions
     WHERE repair_key IS NOT NULL
     UNION ALL
+    SELECT dataset, record_id, 'instruction (answer)', answer_key, outcome, reason FROM reflect.instructions
+    WHERE answer_key IS NOT NULL
+    UNION ALL
     SELECT dataset, record_id, 'response (' || variant || ')', request_key,
            CASE WHEN repaired THEN 'failed; repaired by the follow-up' ELSE outcome END, reason
     FROM reflect.responses

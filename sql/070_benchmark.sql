@@ -36,12 +36,15 @@ CREATE TABLE IF NOT EXISTS bench.judgments (
     testset       VARCHAR NOT NULL,
     prompt_id     VARCHAR NOT NULL,
     test_first    BOOLEAN NOT NULL,   -- the model under test was shown as Assistant 1
-    request_key   VARCHAR NOT NULL,   -- oracle.replies.request_key
+    request_key   VARCHAR NOT NULL,   -- oracle.replies.request_key (compact judge: the first answer's score)
+    followup_key  VARCHAR,            -- the compact judge: the call that scored the second answer shown
     score_test    DOUBLE,
     score_ref     DOUBLE,
     status        VARCHAR NOT NULL,   -- ok, unparsed, oracle_error
     reply_head    VARCHAR             -- the reply's first line, for eyeballing unparsed ones
 );
+-- Databases made before the compact judge existed.
+ALTER TABLE bench.judgments ADD COLUMN IF NOT EXISTS followup_key VARCHAR;
 
 CREATE TABLE IF NOT EXISTS bench.outcomes (
     run_id      VARCHAR NOT NULL,
@@ -81,3 +84,9 @@ CREATE TABLE IF NOT EXISTS bench.heldout_loss (
 CREATE OR REPLACE VIEW bench.latest AS
 SELECT * FROM bench.runs
 QUALIFY row_number() OVER (PARTITION BY dataset ORDER BY created_at DESC) = 1;
+
+-- Every judge call a run made (the compact judge makes two per order), once each.
+CREATE OR REPLACE VIEW bench.judge_calls AS
+SELECT run_id, request_key FROM bench.judgments
+UNION
+SELECT run_id, followup_key FROM bench.judgments WHERE followup_key IS NOT NULL;

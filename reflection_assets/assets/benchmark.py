@@ -19,7 +19,7 @@ from reflection_assets.engines.answers import BenchmarkError, GenerationSettings
 from reflection_assets.engines.benchmark import plot_scores, run_benchmark
 from reflection_assets.engines.models import ModelError
 from reflection_assets.engines.student import TrainingError
-from reflection_assets.method.judging import JUDGE_PROMPT_VERSION
+from reflection_assets.method.profiles import judge_version
 from reflection_assets.engines.testsets import BUNDLED_TESTSET, TestsetError, TestsetRegistry
 
 CHECK = "recycled_beats_baseline"
@@ -90,7 +90,7 @@ def benchmark_scores(
     try:
         testsets = _testsets(storage, config)
         client = judge.client(storage, context.log)
-        log_oracle_version(context, "judge", client.settings, JUDGE_PROMPT_VERSION)
+        log_oracle_version(context, "judge", client.settings, judge_version(client.settings.prompt_profile))
         result = run_benchmark(
             storage.db(),
             storage.artifacts_path(),

@@ -3,11 +3,12 @@ fingerprint of what changes their replies (backend, model, sampling, prompt vers
 the assets that call them become stale exactly when a different oracle would answer, and
 the automation re-materializes only those."""
 
+from collections.abc import Callable
+
 import dagster as dg
 
 from reflection_assets.engines.oracle.settings import OracleSettings
-from reflection_assets.method import prompts
-from reflection_assets.method.judging import JUDGE_PROMPT_VERSION
+from reflection_assets.method.profiles import judge_version, reflection_version
 
 DATA_VERSION_TAG = "dagster/data_version"
 
@@ -21,6 +22,7 @@ def described(settings: OracleSettings, prompt_version: str) -> dict:
         "base_url": settings.base_url or ("in-process" if settings.backend == "local" else "the SDK default"),
         "temperature": settings.temperature,
         "max_tokens": settings.max_tokens or 0,
+        "prompt_profile": settings.prompt_profile,
         "prompt_version": prompt_version,
         "api_key": "set" if settings.api_key else "not set",
     }
@@ -43,8 +45,9 @@ def log_oracle_version(context: dg.AssetExecutionContext, key: str, settings: Or
     )
 
 
-def _llm_source(name: str, prompt_version: str, description: str):
-    """An observable source for one LLM role; its resource has the same name."""
+def _llm_source(name: str, version_of: Callable[[str], str], description: str):
+    """An observable source for one LLM role; its resource has the same name. `version_of`
+    gives the role's prompt version under the settings' prompt profile."""
 
     @dg.observable_source_asset(
         name=name,
@@ -54,21 +57,22 @@ def _llm_source(name: str, prompt_version: str, description: str):
         tags={"stage": "oracle"},
     )
     def source(context) -> dg.ObserveResult:
-        return observation(getattr(context.resources, name).settings(), prompt_version)
+        settings = getattr(context.resources, name).settings()
+        return observation(settings, version_of(settings.prompt_profile))
 
     return source
 
 
 oracle = _llm_source(
     "oracle",
-    prompts.PROMPT_VERSION,
+    reflection_version,
     "The oracle LLM that reflects (REFLECTION_ORACLE_*). Its data version is the fingerprint "
     "of backend, model, sampling and prompt version: when it changes, the materialized "
     "reflection shards are stale and the automation re-materializes them.",
 )
 judge = _llm_source(
     "judge",
-    JUDGE_PROMPT_VERSION,
+    judge_version,
     "The judge LLM of the benchmarks (REFLECTION_JUDGE_*, each falling back to the oracle's "
     "value). Its data version is its fingerprint with the judge prompt version: when it "
     "changes, benchmark_scores is stale (answers are kept, only judging is redone).",

@@ -14,7 +14,7 @@ from reflection_assets.assets.partitions import RECORD_PARTITIONS, dataset_and_s
 from reflection_assets.assets.raw import raw_dataset
 from reflection_assets.assets.resources import DUCKDB_POOL, OWNER, OracleResource, StorageResource
 from reflection_assets.engines.oracle.client import OracleClient
-from reflection_assets.engines.reflection import PhaseResult, reflect_instructions, reflect_responses
+from reflection_assets.engines.reflection import PhaseResult, prompt_version, reflect_instructions, reflect_responses
 from reflection_assets.engines.reflection_store import (
     ReflectionInputError,
     instruction_reflected_pairs,
@@ -25,7 +25,7 @@ from reflection_assets.engines.reflection_store import (
 )
 from reflection_assets.engines.storage import Database
 from reflection_assets.method.parsing import ALL_OUTCOMES
-from reflection_assets.method import prompts
+from reflection_assets.method import compact_prompts, prompts
 from reflection_assets.method.prompts import BETTER_ANSWER, NEW_ANSWER, NEW_INSTRUCTION
 
 HEALTH_CHECKS = [
@@ -86,9 +86,10 @@ def _phase_metadata(results: list[PhaseResult], client: OracleClient, before_aft
         "prompt_tokens": sum(r.prompt_tokens for r in results),
         "completion_tokens": sum(r.completion_tokens for r in results),
         "cost_usd": round(sum(r.cost_usd for r in results), 6),
-        "oracle/fingerprint": client.fingerprint(prompts.PROMPT_VERSION),
+        "oracle/fingerprint": client.fingerprint(prompt_version(client)),
         "oracle/model": client.settings.model,
-        "prompt_version": prompts.PROMPT_VERSION,
+        "prompt_profile": client.settings.prompt_profile,
+        "prompt_version": prompt_version(client),
         "preview": markdown_table(pl.DataFrame(preview_rows[:5]) if preview_rows else pl.DataFrame()),
         **client.stats.as_metadata(),
     }
@@ -139,7 +140,8 @@ def _oracle_stage(name: str, upstream: dg.AssetsDefinition) -> dict:
         kinds={"duckdb", "openai"},
         owners=[OWNER],
         tags={"stage": "reflection"},
-        code_version=prompts.PROMPT_VERSION,
+        # Either profile's prompts changing is a code change of these stages.
+        code_version=f"{prompts.PROMPT_VERSION}+{compact_prompts.COMPACT_VERSION}",
         check_specs=_check_specs(name),
     )
 
@@ -158,10 +160,11 @@ def reflected_instructions(
     dataset, shard = dataset_and_shard(context)
     db = storage.db()
     client = oracle.client(storage, context.log)
-    log_oracle_version(context, "oracle", client.settings, prompts.PROMPT_VERSION)
+    version = prompt_version(client)
+    log_oracle_version(context, "oracle", client.settings, version)
     pairs = raw_pairs(db, dataset, shard)
     results = reflect_instructions(client, pairs, _repair(config, client))
-    write_instruction_results(db, dataset, shard, results, client.fingerprint(prompts.PROMPT_VERSION), prompts.PROMPT_VERSION)
+    write_instruction_results(db, dataset, shard, results, client.fingerprint(version), version)
     metadata = _phase_metadata(
         results, client, {"instruction": ("instruction", NEW_INSTRUCTION), "output": ("output", NEW_ANSWER)}
     )
@@ -185,7 +188,8 @@ def reflected_responses(
     dataset, shard = dataset_and_shard(context)
     db = storage.db()
     client = oracle.client(storage, context.log)
-    log_oracle_version(context, "oracle", client.settings, prompts.PROMPT_VERSION)
+    version = prompt_version(client)
+    log_oracle_version(context, "oracle", client.settings, version)
     try:
         chain_pairs, reflected = instruction_reflected_pairs(db, dataset, shard)
     except ReflectionInputError as exc:
@@ -202,7 +206,7 @@ def reflected_responses(
     for name, (pairs, ids) in variants.items():
         by_variant[name] = (all_results[start : start + len(pairs)], ids)
         start += len(pairs)
-    write_response_results(db, dataset, shard, by_variant, client.fingerprint(prompts.PROMPT_VERSION), prompts.PROMPT_VERSION)
+    write_response_results(db, dataset, shard, by_variant, client.fingerprint(version), version)
     metadata = _phase_metadata(by_variant["chain"][0], client, {"output": ("output", BETTER_ANSWER)})
     metadata["variants"] = sorted(variants)
     return dg.MaterializeResult(

@@ -67,6 +67,9 @@ class OracleResource(dg.ConfigurableResource):
     budget_usd: Optional[float] = None
     batch_size: Optional[int] = None
     dtype: Optional[str] = None
+    repetition_penalty: Optional[float] = None
+    no_repeat_ngram: Optional[int] = None
+    prompts: Optional[str] = None
 
     def settings(self) -> OracleSettings:
         overrides = {name: getattr(self, name) for name in type(self).model_fields}

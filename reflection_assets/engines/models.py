@@ -17,6 +17,8 @@ EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CONVERSION_VERSION = "v2"  # bumped when the converted folder changes, so it is redone
 
 _convert_lock = threading.Lock()
+_shared: dict[tuple[str, str], tuple[object, object]] = {}
+_shared_lock = threading.Lock()
 
 
 class ModelError(Exception):
@@ -116,3 +118,14 @@ def load_causal_lm(name_or_path: str, artifacts: str | Path, dtype: str = "float
     tokenizer.padding_side = "left"
     model.eval()
     return model, tokenizer
+
+
+def shared_causal_lm(name_or_path: str, artifacts: str | Path, dtype: str = "float32"):
+    """(model, tokenizer) loaded once per process and kept: for callers that only run
+    inference and never change the weights (the local oracle). `reflection run` makes one
+    oracle client per shard and stage; without this, each would load the model again."""
+    key = (resolve_model(name_or_path, artifacts), dtype)
+    with _shared_lock:
+        if key not in _shared:
+            _shared[key] = load_causal_lm(name_or_path, artifacts, dtype)
+        return _shared[key]

@@ -2,7 +2,11 @@
 request, send them all at once (the client streams, caches and retries), parse each reply,
 and give the ones that failed to parse a single follow-up call that says what was wrong.
 A pair is replaced only when every section it needs parsed; otherwise it stays as it was
-and the outcome says why."""
+and the outcome says why.
+
+Two prompt profiles (method/profiles.py): `paper`, one call per record and phase with every
+section in it; `compact`, one call per section, each continuing its opened marker (phase 1:
+the new instruction, then its answer)."""
 
 from __future__ import annotations
 
@@ -11,16 +15,21 @@ from dataclasses import dataclass
 
 from reflection_assets.engines.oracle.client import OracleClient
 from reflection_assets.engines.oracle.replies import OracleReply
+from reflection_assets.method import compact_prompts, prompts
 from reflection_assets.method.parsing import (
     INSTRUCTION_SECTIONS,
     REPAIRABLE,
     RESPONSE_SECTIONS,
     Outcome,
     Parsed,
+    parse_continuation,
     parse_sections,
 )
-from reflection_assets.method import prompts
+from reflection_assets.method.profiles import COMPACT, reflection_version
 from reflection_assets.method.prompts import (
+    BETTER_ANSWER,
+    NEW_ANSWER,
+    NEW_INSTRUCTION,
     instruction_reflection,
     repair,
     response_reflection,
@@ -49,10 +58,17 @@ class PhaseResult:
     completion_tokens: int
     cost_usd: float
     finish_reason: str | None
+    answer_key: str | None = None  # compact phase 1: the second call, the new answer
 
     @property
     def ok(self) -> bool:
         return self.outcome == Outcome.OK
+
+
+def prompt_version(client: OracleClient) -> str:
+    """The version of the prompts the client's profile uses: part of every request and of
+    the oracle fingerprint."""
+    return reflection_version(client.settings.prompt_profile)
 
 
 def _parse(reply: OracleReply, sections: tuple[str, ...]) -> Parsed:
@@ -129,8 +145,95 @@ def run_phase(
     return results
 
 
+def _continuation_requests(client: OracleClient, messages: list[list[Message]], section: str):
+    return [
+        client.request(m, compact_prompts.COMPACT_VERSION, compact_prompts.STOP, max_tokens=compact_prompts.MAX_TOKENS[section])
+        for m in messages
+    ]
+
+
+def _parsed_continuations(client, requests, section: str, originals: Sequence[str | None]):
+    replies = {r.request_key: r for r in client.complete_many(requests)}
+    out = []
+    for request, original in zip(requests, originals, strict=True):
+        reply = replies[request.key]
+        out.append((reply, parse_continuation(reply.text, section, reply.finish_reason, reply.error, original)))
+    return out
+
+
+def _compact_result(pair: Pair, keys: list[str], answers: list[tuple[OracleReply, Parsed]], sections: tuple[str, ...]) -> PhaseResult:
+    """One record's result from its compact calls (one per section, in order; fewer when an
+    earlier one failed and the rest were not asked)."""
+    failed = next(((name, parsed) for name, (_, parsed) in zip(sections, answers) if not parsed.ok), None)
+    found = {name: parsed.sections[name] for name, (_, parsed) in zip(sections, answers) if parsed.ok}
+    prompt_tokens, completion_tokens, cost = _usage(*(reply for reply, _ in answers))
+    if failed is None:
+        outcome, reason = Outcome.OK, ""
+    else:
+        outcome, reason = failed[1].outcome, f"kept the original pair: {failed[1].reason}"
+        found = {}
+    return PhaseResult(
+        pair=pair,
+        request_key=keys[0],
+        repair_key=None,
+        outcome=outcome,
+        reason=reason,
+        repaired=False,
+        sections=found,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        cost_usd=cost,
+        finish_reason=answers[-1][0].finish_reason,
+        answer_key=keys[1] if len(keys) > 1 else None,
+    )
+
+
+def compact_instructions(client: OracleClient, pairs: Sequence[Pair]) -> list[PhaseResult]:
+    """Phase 1, compact: every new instruction first (the record's input folded in when the
+    model left it out), then the answers of those that parsed."""
+    build = compact_prompts.instruction_messages
+    firsts = _continuation_requests(client, [build(p.instruction, p.input) for p in pairs], NEW_INSTRUCTION)
+    instructions = _parsed_continuations(client, firsts, NEW_INSTRUCTION, [p.instruction for p in pairs])
+    folded = {
+        i: compact_prompts.fold_input(parsed.sections[NEW_INSTRUCTION], pairs[i].input)
+        for i, (_, parsed) in enumerate(instructions)
+        if parsed.ok
+    }
+    asked = sorted(folded)
+    seconds = _continuation_requests(
+        client,
+        [compact_prompts.answer_messages(pairs[i].instruction, pairs[i].input, folded[i]) for i in asked],
+        NEW_ANSWER,
+    )
+    answers = dict(zip(asked, zip(seconds, _parsed_continuations(client, seconds, NEW_ANSWER, [None] * len(asked)))))
+    results = []
+    for i, pair in enumerate(pairs):
+        reply, parsed = instructions[i]
+        if i in folded:
+            parsed = Parsed(parsed.outcome, {NEW_INSTRUCTION: folded[i]}, parsed.reason)
+        keys, calls = [firsts[i].key], [(reply, parsed)]
+        if i in answers:
+            keys.append(answers[i][0].key)
+            calls.append(answers[i][1])
+        results.append(_compact_result(pair, keys, calls, (NEW_INSTRUCTION, NEW_ANSWER)))
+    return results
+
+
+def compact_responses(client: OracleClient, pairs: Sequence[Pair]) -> list[PhaseResult]:
+    """Phase 2, compact: a better answer per pair; repeating the old answer is not one."""
+    build = compact_prompts.response_messages
+    requests = _continuation_requests(client, [build(p.instruction, p.input, p.output) for p in pairs], BETTER_ANSWER)
+    parsed = _parsed_continuations(client, requests, BETTER_ANSWER, [p.output for p in pairs])
+    return [
+        _compact_result(pair, [request.key], [call], (BETTER_ANSWER,))
+        for pair, request, call in zip(pairs, requests, parsed, strict=True)
+    ]
+
+
 def reflect_instructions(client: OracleClient, pairs: Sequence[Pair], repair_failures: bool = True) -> list[PhaseResult]:
     """Phase 1: a new instruction and its answer, both or neither."""
+    if client.settings.prompt_profile == COMPACT:
+        return compact_instructions(client, pairs)
     return run_phase(
         client,
         pairs,
@@ -142,6 +245,8 @@ def reflect_instructions(client: OracleClient, pairs: Sequence[Pair], repair_fai
 
 def reflect_responses(client: OracleClient, pairs: Sequence[Pair], repair_failures: bool = True) -> list[PhaseResult]:
     """Phase 2: a better answer for the pair as it stands."""
+    if client.settings.prompt_profile == COMPACT:
+        return compact_responses(client, pairs)
     return run_phase(
         client,
         pairs,

@@ -94,6 +94,7 @@ def write_instruction_results(
         [
             {
                 **_common(r),
+                "answer_key": r.answer_key,
                 "new_instruction": r.sections.get(NEW_INSTRUCTION) if r.ok else None,
                 "new_output": r.sections.get(NEW_ANSWER) if r.ok else None,
             }
@@ -178,7 +179,7 @@ _COMMON_SCHEMA = {
     "completion_tokens": pl.Int32,
     "cost_usd": pl.Float64,
 }
-INSTRUCTION_SCHEMA = {**_COMMON_SCHEMA, "new_instruction": pl.Utf8, "new_output": pl.Utf8}
+INSTRUCTION_SCHEMA = {**_COMMON_SCHEMA, "answer_key": pl.Utf8, "new_instruction": pl.Utf8, "new_output": pl.Utf8}
 RESPONSE_SCHEMA = {
     **_COMMON_SCHEMA,
     "variant": pl.Utf8,

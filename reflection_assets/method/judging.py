@@ -10,6 +10,12 @@ from dataclasses import dataclass
 from reflection_assets.method.requests import Message
 
 JUDGE_PROMPT_VERSION = "judge-v1"
+# The compact profile's judge (a small local model) scores each answer on its own: asked
+# whether the answer is correct and helpful, its score is 1 + 9 x P(Yes), a whole number from
+# 1 to 10. Shown one answer at a time it has no position to prefer, and the two orders of a
+# pair are judged from the same two scores. (Measured on the embedded model: asked for two
+# scores on one line it copies the labels' digits, "1 2", for every pair.)
+COMPACT_JUDGE_VERSION = "judge-yes-v1"
 
 WIN, TIE, LOSE, UNPARSED = "win", "tie", "lose", "unparsed"
 OUTCOMES = (WIN, TIE, LOSE, UNPARSED)
@@ -44,6 +50,27 @@ def judge_messages(question: str, answer_1: str, answer_2: str) -> list[Message]
     return [
         ("system", _SYSTEM),
         ("user", _USER.format(question=question, answer_1=answer_1, answer_2=answer_2)),
+    ]
+
+
+_COMPACT_SYSTEM = (
+    "You are a strict judge of answers written by AI assistants. Judge helpfulness, relevance, "
+    "accuracy and level of detail."
+)
+_COMPACT_USER = """[Question]
+{question}
+
+[Answer]
+{answer}
+
+Is this answer correct and helpful? Reply Yes or No."""
+
+
+def compact_judge_messages(question: str, answer: str) -> list[Message]:
+    """The compact judge's question about one answer; its reply's first token decides."""
+    return [
+        ("system", _COMPACT_SYSTEM),
+        ("user", _COMPACT_USER.format(question=question, answer=answer.strip() or "(no answer)")),
     ]
 
 

@@ -148,3 +148,39 @@ def parse_instruction_reply(text: str | None, finish_reason: str | None = None, 
 
 def parse_response_reply(text: str | None, finish_reason: str | None = None, error: str | None = None) -> Parsed:
     return parse_sections(text, RESPONSE_SECTIONS, finish_reason, error)
+
+
+def _same_text(a: str, b: str) -> bool:
+    return " ".join(a.lower().split()).strip(" .") == " ".join(b.lower().split()).strip(" .")
+
+
+def parse_continuation(
+    text: str | None,
+    section: str,
+    finish_reason: str | None = None,
+    error: str | None = None,
+    original: str | None = None,
+) -> Parsed:
+    """A reply that continues an opened section (the compact profile): its body runs to
+    [End] (which the stop usually removed already), to the next section's marker, or to the
+    end of a finished reply. A reply cut by max_tokens before any of those is `truncated`;
+    one that repeats `original` unchanged, or the placeholder, is `template_echo`."""
+    if error is not None or text is None:
+        return Parsed(Outcome.ORACLE_ERROR, reason=error or "no reply")
+    body = text
+    opened = _STARTS[section].match(body.lstrip())  # an endpoint that restated the marker
+    if opened:
+        body = body.lstrip()[opened.end():]
+    ends = [m.start() for m in [_END.search(body)] if m]
+    ends += [m.start() for name, start in _STARTS.items() if name != section for m in [start.search(body)] if m]
+    ended = bool(ends)
+    body = _clean(body[: min(ends)] if ends else body)
+    if not body:
+        return Parsed(Outcome.EMPTY, reason=f"the [{section}] section is empty")
+    if not ended and finish_reason == "length":
+        return Parsed(Outcome.TRUNCATED, reason=f"cut off by max_tokens inside [{section}]")
+    if _is_placeholder(body):
+        return Parsed(Outcome.TEMPLATE_ECHO, reason=f"[{section}] repeats the template: {body[:60]!r}")
+    if original is not None and _same_text(body, original):
+        return Parsed(Outcome.TEMPLATE_ECHO, reason=f"[{section}] repeats the original unchanged")
+    return Parsed(Outcome.OK, {section: body})

@@ -39,9 +39,10 @@ class SamplingSettings:
         }
 
 
-# A reply constrained to one whole number from 1 to 10 (the embedded judge's scores).
-SCORE = "score_1_10"
-CONSTRAINTS = (SCORE,)
+# A reply constrained to one whole number from 1 to 10: 1 + 9 x the probability that the
+# reply would begin "Yes" rather than "No" (the compact judge's score of one answer).
+YES_SCORE = "yes_score_1_10"
+CONSTRAINTS = (YES_SCORE,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +50,7 @@ class OracleRequest:
     """One call. When the last message is the assistant's, the reply continues that turn
     (the section marker is written for the model). `stop` ends the reply at the first of
     these strings, which the reply does not include. `constraint` limits what the reply may
-    be (SCORE). Both are part of the key only when set, so requests without them keep the
+    be (YES_SCORE). Both are part of the key only when set, so requests without them keep the
     keys they always had."""
 
     messages: tuple[Message, ...]

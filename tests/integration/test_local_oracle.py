@@ -1,9 +1,21 @@
-"""The embedded model answering through the same client (slow: loads the real model)."""
+"""The embedded model answering through the same client, and recycling and judging on its
+own defaults (the compact profile): the product's success path with no server at all."""
 
+import json
+from collections import Counter
+
+import duckdb
 import pytest
 
-from reflection_assets.assets.resources import OracleResource, StorageResource
+from reflection_assets.assets.resources import JudgeResource, OracleResource, StorageResource
+from reflection_assets.definitions import JOB_FOR_PARTITIONS, RECORD_PARTITIONS, defs
 from reflection_assets.engines.models import CONVERSION_VERSION, EMBEDDED_NAME
+from reflection_assets.engines.benchmark import judge_all
+from reflection_assets.engines.testsets import TestPrompt
+from reflection_assets.runner import run_record_partitions
+from tests.conftest import REPO, write_json
+from tests.integration.test_reflection_assets import ALL
+from tests.integration.test_raw_dataset import register
 
 
 @pytest.mark.slow
@@ -37,3 +49,41 @@ def test_resources_build_clients_from_the_environment(home, monkeypatch):
     assert client.settings.api_key == "sk-from-env-123456"
     assert client.fingerprint("v1") == OracleResource().settings().fingerprint("v1")
     assert type(client.backend).__name__ == "OpenAIBackend"
+
+
+def test_the_embedded_defaults_recycle_and_judge(home, instance, tmp_path, shared_artifacts, monkeypatch):
+    """No oracle settings at all: the local backend, its compact prompts, a dozen real sample
+    records through every record-level stage. Most pairs are replaced in each phase (not a
+    quality claim: the point is that parsed text comes back), and the local judge gives every
+    order two scores from 1 to 10."""
+    monkeypatch.setenv("REFLECTION_ARTIFACTS", str(shared_artifacts))
+    sample = json.loads((REPO / "reflection_assets" / "data" / "sample_alpaca.json").read_text())[:12]
+    register(instance, "smol", write_json(tmp_path / "smol.json", sample))
+    outcomes = run_record_partitions(instance, defs, JOB_FOR_PARTITIONS[RECORD_PARTITIONS], ALL, "smol", None, "WARNING")
+    assert all(o.success for o in outcomes), [o.error for o in outcomes]
+    with duckdb.connect(str(home / "reflection.duckdb"), read_only=True) as con:
+        phase1 = Counter(dict(con.execute("SELECT outcome, count(*) FROM reflect.instructions GROUP BY 1").fetchall()))
+        phase2 = Counter(dict(con.execute("SELECT outcome, count(*) FROM reflect.responses GROUP BY 1").fetchall()))
+        answered = con.execute(
+            "SELECT count(*) FROM reflect.instructions WHERE outcome = 'ok' AND answer_key IS NOT NULL "
+            "AND prompt_version = 'reflect-compact-v1'"
+        ).fetchone()[0]
+        calls = dict(con.execute("SELECT stage, count(*) FROM lineage.oracle_calls GROUP BY 1").fetchall())
+        provenance = Counter(dict(con.execute("SELECT provenance, count(*) FROM reflect.recycled GROUP BY 1").fetchall()))
+    print(f"\nembedded model, 12 records: phase 1 {dict(phase1)}, phase 2 {dict(phase2)}")
+    assert phase1["ok"] >= 6 and phase2["ok"] >= 6
+    assert answered == phase1["ok"]  # each new pair took two calls: the instruction, then its answer
+    assert calls["instruction"] == 12 and calls["instruction (answer)"] >= phase1["ok"]
+    assert provenance["both"] >= 3
+
+    client = JudgeResource().client(StorageResource())
+    assert client.settings.prompt_profile == "compact"
+    prompt = TestPrompt("t", "p1", "What is the capital of France?", "geography")
+    answers = {"recycled": {prompt.prompt_hash: "The capital of France is Paris."}, "baseline": {prompt.prompt_hash: ""}}
+    judgments, results, counts = judge_all(client, {"t": [prompt]}, answers, [("recycled", "baseline")])
+    assert [j["status"] for j in judgments] == ["ok", "ok"]
+    first, second = judgments
+    assert 1 <= first["score_test"] <= 10 and 1 <= first["score_ref"] <= 10
+    # Each answer is scored on its own: the two orders see the same two scores.
+    assert (first["score_test"], first["score_ref"]) == (second["score_test"], second["score_ref"])
+    assert counts["requests"] == 2 and results[0]["outcome"] in ("win", "tie", "lose")

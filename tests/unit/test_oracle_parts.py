@@ -14,7 +14,7 @@ from reflection_assets.engines.oracle.limits import (
     parse_retry_after,
 )
 from reflection_assets.engines.oracle.pricing import cost_usd, price_for
-from reflection_assets.engines.oracle.settings import OracleSettings, settings_from_env
+from reflection_assets.engines.oracle.settings import JUDGE_PREFIX, OracleSettings, settings_from_env
 from reflection_assets.method.requests import OracleRequest, SamplingSettings
 
 BASE = SamplingSettings("openai", "gpt-4o-mini", 0.0, 256, None)
@@ -189,10 +189,26 @@ def test_redaction_hides_keys():
 def test_backend_defaults_and_local_precision_in_the_identity():
     assert OracleSettings(backend="openai", model="m").max_tokens == 2048
     local = OracleSettings()
-    assert local.max_tokens == 64 and local.batch_size == 16
-    assert OracleSettings(dtype="float32").sampling.backend == "local/float32"
-    assert OracleSettings(dtype="bfloat16").sampling.backend == "local/bfloat16"
-    assert local.sampling.backend in ("local/float32", "local/bfloat16")
+    assert local.max_tokens == 256 and local.batch_size == 16 and local.repetition_penalty == 1.1
+    assert OracleSettings(dtype="float32").sampling.backend == "local/float32/rp1.1/nr6"
+    off = OracleSettings(dtype="bfloat16", repetition_penalty=1.0, no_repeat_ngram=0)
+    assert off.sampling.backend == "local/bfloat16"
+    assert local.sampling.backend in ("local/float32/rp1.1/nr6", "local/bfloat16/rp1.1/nr6")
     assert OracleSettings(dtype="float32").fingerprint("v") != OracleSettings(dtype="bfloat16").fingerprint("v")
+    assert OracleSettings(repetition_penalty=1.2).fingerprint("v") != local.fingerprint("v")
+    # The endpoint's identity has no local-only setting in it.
+    assert OracleSettings(backend="openai", model="m", repetition_penalty=1.3).sampling.backend == "openai"
     with pytest.raises(ValueError, match="dtype 'fp8'"):
         OracleSettings(dtype="fp8")
+
+
+def test_the_prompt_profile_follows_the_backend_unless_set():
+    assert OracleSettings().prompt_profile == "compact"
+    assert OracleSettings(backend="openai", model="m").prompt_profile == "paper"
+    assert OracleSettings(prompts="paper").prompt_profile == "paper"
+    assert OracleSettings(backend="openai", model="m", prompts="compact").prompt_profile == "compact"
+    with pytest.raises(ValueError, match="prompts 'short'"):
+        OracleSettings(prompts="short")
+    assert settings_from_env(environ={"REFLECTION_ORACLE_PROMPTS": "paper"}).prompt_profile == "paper"
+    judge = settings_from_env(JUDGE_PREFIX, environ={"REFLECTION_ORACLE_PROMPTS": "paper"})
+    assert judge.prompt_profile == "paper"  # the judge falls back to the oracle's setting

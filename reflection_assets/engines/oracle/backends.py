@@ -14,7 +14,7 @@ import openai
 from reflection_assets.engines.oracle.limits import parse_retry_after
 from reflection_assets.engines.oracle.replies import BackendError, BackendReply
 from reflection_assets.engines.oracle.settings import OracleSettings
-from reflection_assets.method.requests import OracleRequest
+from reflection_assets.method.requests import YES_SCORE, OracleRequest
 
 _KEY_LIKE = re.compile(r"\b(sk|key|api)[-_][A-Za-z0-9*_\-]{6,}", re.IGNORECASE)
 TRANSIENT_STATUSES = {408, 409, 425, 429}
@@ -57,14 +57,29 @@ class OpenAIBackend:
 
     async def complete(self, request: OracleRequest) -> BackendReply:
         assert self._client is not None, "use the backend inside `async with`"
+        if request.constraint is not None:
+            raise self._error(
+                f"the {request.constraint} constraint needs the local backend; endpoints use the paper profile's judge",
+                transient=False,
+            )
         sampling = request.sampling
+        options: dict[str, object] = {}
+        if sampling.seed is not None:
+            options["seed"] = sampling.seed
+        if request.stop:
+            options["stop"] = list(request.stop)
+        if request.continues:
+            # vLLM continues the final assistant message when asked to. (Checked: the
+            # llama-cpp-python server accepts these fields and ignores them, closing the
+            # message and starting a new turn; its reply is still parsed as the section.)
+            options["extra_body"] = {"continue_final_message": True, "add_generation_prompt": False}
         try:
             response = await self._client.chat.completions.create(
                 model=sampling.model,
                 messages=request.chat_messages(),  # type: ignore[arg-type]
                 temperature=sampling.temperature,
                 max_tokens=sampling.max_tokens,
-                **({"seed": sampling.seed} if sampling.seed is not None else {}),
+                **options,
             )
         except openai.APIStatusError as exc:
             status = exc.status_code
@@ -110,8 +125,12 @@ def _status_message(exc: openai.APIStatusError) -> str:
 
 class LocalBackend:
     """The embedded model (or any local causal LM) in this process. Requests are gathered
-    into batches of similar prompt length and generated greedily (sampled when the
-    temperature is above 0) on one worker thread."""
+    into batches of similar prompt length and the same generation options, and generated
+    greedily (sampled when the temperature is above 0) on one worker thread.
+
+    A request whose messages end with the assistant's turn continues that turn; `stop`
+    strings end a reply (and are cut from it); a YES_SCORE constraint makes the reply one
+    whole number from 1 to 10, from how likely the model is to answer Yes rather than No."""
 
     def __init__(self, settings: OracleSettings, artifacts: str | Path):
         self.settings = settings
@@ -145,6 +164,19 @@ class LocalBackend:
         self._wake.set()
         return await future
 
+    @staticmethod
+    def _options(request: OracleRequest) -> tuple:
+        """What must be the same for requests to share a batch."""
+        return (request.sampling, request.stop, request.constraint)
+
+    def _next_batch(self) -> list[tuple[OracleRequest, asyncio.Future]]:
+        self._queue.sort(key=lambda item: item[0].prompt_chars())
+        options = self._options(self._queue[0][0])
+        batch = [item for item in self._queue if self._options(item[0]) == options][: self.settings.batch_size]
+        taken = {id(item) for item in batch}
+        self._queue = [item for item in self._queue if id(item) not in taken]
+        return batch
+
     async def _batch_loop(self) -> None:
         assert self._wake is not None
         loop = asyncio.get_running_loop()
@@ -153,9 +185,7 @@ class LocalBackend:
             self._wake.clear()
             await asyncio.sleep(0.005)  # let the requests arriving together join
             while self._queue:
-                self._queue.sort(key=lambda item: item[0].prompt_chars())
-                batch = self._queue[: self.settings.batch_size]
-                del self._queue[: len(batch)]
+                batch = self._next_batch()
                 try:
                     replies = await loop.run_in_executor(
                         self._executor, self._generate, [req for req, _ in batch]
@@ -172,26 +202,47 @@ class LocalBackend:
 
     def _ensure_model(self) -> None:
         if self._model is None:
-            from reflection_assets.engines.models import load_causal_lm
-
+            from reflection_assets.engines.models import shared_causal_lm
             from reflection_assets.engines.oracle.settings import resolve_dtype
 
-            self._model, self._tokenizer = load_causal_lm(
+            self._model, self._tokenizer = shared_causal_lm(
                 self.settings.model, self.artifacts, dtype=resolve_dtype(self.settings.dtype)
             )
 
-    def _generate(self, requests: list[OracleRequest]) -> list[BackendReply]:
-        import torch
-
-        self._ensure_model()
-        model, tokenizer = self._model, self._tokenizer
+    def _encode(self, requests: list[OracleRequest]):
+        tokenizer = self._tokenizer
         texts = [
-            tokenizer.apply_chat_template(r.chat_messages(), add_generation_prompt=True, tokenize=False)
+            tokenizer.apply_chat_template(
+                r.chat_messages(),
+                tokenize=False,
+                add_generation_prompt=not r.continues,
+                continue_final_message=r.continues,
+            )
             for r in requests
         ]
-        encoded = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        sampling = requests[0].sampling
+        return tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+
+    def _generate(self, requests: list[OracleRequest]) -> list[BackendReply]:
+        self._ensure_model()
+        if requests[0].constraint == YES_SCORE:
+            return self._yes_scores(requests)
+        return self._texts(requests)
+
+    def _texts(self, requests: list[OracleRequest]) -> list[BackendReply]:
+        import torch
+
+        model, tokenizer = self._model, self._tokenizer
+        encoded = self._encode(requests)
+        first = requests[0]
+        sampling = first.sampling
         options: dict[str, object] = {"max_new_tokens": sampling.max_tokens, "do_sample": False}
+        if self.settings.repetition_penalty != 1.0:
+            options["repetition_penalty"] = self.settings.repetition_penalty
+        if self.settings.no_repeat_ngram:
+            options["no_repeat_ngram_size"] = self.settings.no_repeat_ngram
+        if first.stop:
+            # Each sequence stops at its own stop string; the batch ends when all have.
+            options.update(stop_strings=list(first.stop), tokenizer=tokenizer)
         if sampling.temperature > 0:
             options.update(do_sample=True, temperature=sampling.temperature)
             if sampling.seed is not None:
@@ -206,15 +257,46 @@ class LocalBackend:
             new = row[prompt_width:].tolist()
             ended = tokenizer.eos_token_id in new
             completion = new[: new.index(tokenizer.eos_token_id)] if ended else new
+            if not ended:
+                completion = [t for t in completion if t != tokenizer.pad_token_id]
+            text = tokenizer.decode(completion, skip_special_tokens=True)
+            cut = min((i for i in (text.find(s) for s in first.stop) if i >= 0), default=-1)
+            if cut >= 0:
+                text, ended = text[:cut], True
             replies.append(
                 BackendReply(
-                    text=tokenizer.decode(completion, skip_special_tokens=True).strip(),
+                    text=text.strip(),
                     finish_reason="stop" if ended else "length",
                     prompt_tokens=int(mask.sum()),
                     completion_tokens=len(completion),
                 )
             )
         return replies
+
+    def _yes_scores(self, requests: list[OracleRequest]) -> list[BackendReply]:
+        """round(1 + 9 p), p = P(Yes) / (P(Yes) + P(No)) for the reply's first token (either
+        case). Measured on the embedded model, on 10 good answers against empty, wrong or
+        off-topic ones: the good one scored higher 9 times in 10; asking it for a digit from
+        1 to 10 instead, it copied the digit in the prompt ("Assistant 1") 20 times in 20."""
+        import torch
+
+        tokenizer = self._tokenizer
+        words = {w: tokenizer.convert_tokens_to_ids(w) for w in ("Yes", "yes", "No", "no")}
+        if any(i is None or i == tokenizer.unk_token_id for i in words.values()):
+            raise BackendError("the local model's tokenizer has no Yes/No tokens: it cannot score", transient=False)
+        encoded = self._encode(requests)
+        # Left padding: positions count from each prompt's first real token, as generate does.
+        positions = (encoded["attention_mask"].cumsum(dim=-1) - 1).clamp(min=0)
+        with torch.inference_mode():
+            logits = self._model(**encoded, position_ids=positions).logits[:, -1, :].float()
+        probs = torch.softmax(logits, dim=-1)
+        yes = probs[:, words["Yes"]] + probs[:, words["yes"]]
+        no = probs[:, words["No"]] + probs[:, words["no"]]
+        scores = torch.round(1 + 9 * yes / (yes + no)).int().tolist()
+        return [
+            BackendReply(str(score), "stop", int(mask.sum()), 1)
+            for score, mask in zip(scores, encoded["attention_mask"], strict=True)
+        ]
 
 
 def make_backend(settings: OracleSettings, artifacts: str | Path) -> OpenAIBackend | LocalBackend:
