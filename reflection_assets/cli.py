@@ -7,11 +7,10 @@ import sys
 from collections import defaultdict
 
 from reflection_assets.engines.datasets import DatasetError, parse_field_map
-from reflection_assets.engines.export import EXPORT_FORMATS, INSPECTION_STAGES, STAGES, ExportError
+from reflection_assets.engines.export import EXPORT_FORMATS, INSPECTION_STAGES, STAGES
 from reflection_assets.engines.sources import FORMATS
 from reflection_assets.engines.testsets import FORMATS as TESTSET_FORMATS
-from reflection_assets.engines.testsets import TestsetError
-from reflection_assets.engines.storage import StorageError
+from reflection_assets.errors import SettingsError, UserError
 
 
 def _storage():
@@ -152,11 +151,11 @@ def _load_asset_config(path: str) -> dict:
     try:
         data = yaml.safe_load(Path(path).read_text())
     except OSError as exc:
-        raise DatasetError(f"{path}: cannot be read ({exc.strerror})") from None
+        raise SettingsError(f"{path}: cannot be read ({exc.strerror})") from None
     except yaml.YAMLError as exc:
-        raise DatasetError(f"{path}: not valid YAML ({exc})") from None
+        raise SettingsError(f"{path}: not valid YAML ({exc})") from None
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
-        raise DatasetError(f"{path}: expected a mapping of asset name to its settings")
+        raise SettingsError(f"{path}: expected a mapping of asset name to its settings")
     return data
 
 
@@ -467,15 +466,12 @@ def main(argv: list[str] | None = None) -> int:
     # Dagster's beta/preview notices are for code authors, not for someone running a command.
     warnings.filterwarnings("ignore", message=r".*is currently in (beta|preview)")
     args = build_parser().parse_args(argv)
-    from reflection_assets.engines.lineage import LineageError
-    from reflection_assets.runner import RunRequestError
-
     try:
         return args.func(args)
     except KeyboardInterrupt:
         print("reflection: interrupted", file=sys.stderr)
         return 130
-    except (DatasetError, TestsetError, StorageError, RunRequestError, ExportError, LineageError, ValueError) as exc:
+    except UserError as exc:  # anything else is a bug: its traceback stays
         print(f"reflection: {exc}", file=sys.stderr)
         return 2
 

@@ -13,8 +13,8 @@ import dagster as dg
 
 from reflection_assets.assets.partitions import DATASETS, SHARDS, record_partition_key
 from reflection_assets.engines.settings import dagster_home
+from reflection_assets.errors import UserError
 from reflection_assets.run_workers import launch_tags
-
 
 OBSERVE_JOB = "observe_oracles"
 
@@ -25,7 +25,7 @@ def cli_tags() -> dict[str, str]:
     return {"reflection/launched_by": "cli", **launch_tags()}
 
 
-class RunRequestError(Exception):
+class RunRequestError(UserError):
     """A `reflection run` request that names something that does not exist."""
 
 

@@ -6,14 +6,14 @@ from typing import Optional
 import dagster as dg
 
 from reflection_assets.assets.automation import STALE_ONLY
+from reflection_assets.assets.failures import user_errors_fail_the_step
 from reflection_assets.assets.metadata import png_markdown
 from reflection_assets.assets.partitions import DATASETS
 from reflection_assets.assets.raw import raw_dataset
 from reflection_assets.assets.reflection import recycled_dataset
 from reflection_assets.assets.resources import DUCKDB_POOL, OWNER, StorageResource
 from reflection_assets.engines.adapters import Adapter, train_or_reuse
-from reflection_assets.engines.models import ModelError
-from reflection_assets.engines.student import TrainConfig, TrainingError
+from reflection_assets.engines.student import TrainConfig
 
 ALL_SHARDS_OF_DATASET = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="dataset")
 D = TrainConfig  # defaults live in one place: the engine's TrainConfig
@@ -75,12 +75,10 @@ def _metadata(adapter: Adapter) -> dict:
 
 def _train(context: dg.AssetExecutionContext, config: AdapterConfig, storage: StorageResource, variant: str):
     dataset = context.partition_key
-    try:
+    with user_errors_fail_the_step():
         adapter = train_or_reuse(
             storage.db(), storage.artifacts_path(), dataset, variant, config.train_config(), context.log.info
         )
-    except (TrainingError, ModelError) as exc:
-        raise dg.Failure(description=str(exc)) from None
     return dg.MaterializeResult(metadata=_metadata(adapter), data_version=dg.DataVersion(adapter.adapter_id))
 
 

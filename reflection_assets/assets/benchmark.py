@@ -10,15 +10,14 @@ import polars as pl
 
 from reflection_assets.assets.adapters import baseline_adapter, recycled_adapter
 from reflection_assets.assets.automation import STALE_ONLY
+from reflection_assets.assets.failures import user_errors_fail_the_step
 from reflection_assets.assets.metadata import markdown_table, png_markdown
 from reflection_assets.assets.oracles import judge as judge_source
 from reflection_assets.assets.oracles import log_oracle_version
 from reflection_assets.assets.partitions import DATASETS
 from reflection_assets.assets.resources import DUCKDB_POOL, OWNER, JudgeResource, StorageResource
-from reflection_assets.engines.answers import BenchmarkError, GenerationSettings
+from reflection_assets.engines.answers import GenerationSettings
 from reflection_assets.engines.benchmark import plot_scores, run_benchmark
-from reflection_assets.engines.models import ModelError
-from reflection_assets.engines.student import TrainingError
 from reflection_assets.method.profiles import judge_version
 from reflection_assets.engines.testsets import BUNDLED_TESTSET, TestsetError, TestsetRegistry
 
@@ -87,7 +86,7 @@ def benchmark_scores(
     loss on held-out reference answers. Tables: bench.runs, bench.judgments, bench.outcomes,
     bench.scores, bench.heldout_loss (DuckDB)."""
     dataset = context.partition_key
-    try:
+    with user_errors_fail_the_step():
         testsets = _testsets(storage, config)
         client = judge.client(storage, context.log)
         log_oracle_version(context, "judge", client.settings, judge_version(client.settings.prompt_profile))
@@ -102,8 +101,6 @@ def benchmark_scores(
             loss_max_length=config.loss_max_length,
             log=context.log.info,
         )
-    except (BenchmarkError, TestsetError, TrainingError, ModelError, ValueError) as exc:
-        raise dg.Failure(description=str(exc)) from None
     headline = result.headline()
     score = headline["winning_score"] if headline else None
     metadata = {

@@ -3,13 +3,11 @@
 
 import dagster as dg
 
+from reflection_assets.assets.failures import user_errors_fail_the_step
 from reflection_assets.assets.metadata import column_schema, markdown_table
 from reflection_assets.assets.partitions import RECORD_PARTITIONS, SHARD_COUNT, dataset_and_shard
 from reflection_assets.assets.resources import DUCKDB_POOL, OWNER, StorageResource
-from reflection_assets.engines.datasets import DatasetError
 from reflection_assets.engines.ingest import point_shard, shard_fingerprint, shard_summary, stage_version
-from reflection_assets.engines.sources import SourceError
-from reflection_assets.engines.storage import StorageError
 from reflection_assets.method.records import DEFAULT_MAX_RECORD_CHARS, RejectReason
 
 RAW_COLUMNS = column_schema(
@@ -57,11 +55,9 @@ def raw_dataset(
     reason. Tables: raw.records, raw.rejects (DuckDB)."""
     dataset, shard = dataset_and_shard(context)
     db = storage.db()
-    try:
+    with user_errors_fail_the_step():
         spec = storage.registry().get(dataset)
         staged = stage_version(db, spec, SHARD_COUNT, config.max_record_chars)
-    except (DatasetError, SourceError, StorageError) as exc:
-        raise dg.Failure(description=str(exc)) from None
     if staged.parsed_now:
         context.log.info(f"parsed {staged.rows_read} rows of {staged.source_path}")
     point_shard(db, dataset, shard, staged.version)

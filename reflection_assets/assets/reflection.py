@@ -7,6 +7,7 @@ import dagster as dg
 import polars as pl
 
 from reflection_assets.assets.automation import STALE_ONLY
+from reflection_assets.assets.failures import user_errors_fail_the_step
 from reflection_assets.assets.metadata import markdown_table
 from reflection_assets.assets.oracles import log_oracle_version
 from reflection_assets.assets.oracles import oracle as oracle_source
@@ -16,7 +17,6 @@ from reflection_assets.assets.resources import DUCKDB_POOL, OWNER, OracleResourc
 from reflection_assets.engines.oracle.client import OracleClient
 from reflection_assets.engines.reflection import PhaseResult, prompt_version, reflect_instructions, reflect_responses
 from reflection_assets.engines.reflection_store import (
-    ReflectionInputError,
     instruction_reflected_pairs,
     raw_pairs,
     write_instruction_results,
@@ -153,13 +153,15 @@ def reflected_instructions(
     storage: StorageResource,
     oracle: OracleResource,
 ) -> dg.MaterializeResult:
-    """Phase 1 of Reflection-Tuning for one shard: the oracle critiques each instruction on
-    five criteria and its answer on four, then writes a harder, self-contained instruction
-    and its answer. A record is replaced as a whole (new instruction and new answer) or
-    kept; every reply's outcome and reason is recorded. Table: reflect.instructions."""
+    """Phase 1 of Reflection-Tuning for one shard: the oracle writes a harder, self-contained
+    instruction and its answer, judged on the method's criteria (with the paper's prompts it
+    critiques the instruction on five and the answer on four first). A record is replaced as
+    a whole (new instruction and new answer) or kept; every reply's outcome and reason is
+    recorded. Table: reflect.instructions."""
     dataset, shard = dataset_and_shard(context)
     db = storage.db()
-    client = oracle.client(storage, context.log)
+    with user_errors_fail_the_step():
+        client = oracle.client(storage, context.log)
     version = prompt_version(client)
     log_oracle_version(context, "oracle", client.settings, version)
     pairs = raw_pairs(db, dataset, shard)
@@ -187,13 +189,11 @@ def reflected_responses(
     `original`). Table: reflect.responses."""
     dataset, shard = dataset_and_shard(context)
     db = storage.db()
-    client = oracle.client(storage, context.log)
+    with user_errors_fail_the_step():
+        client = oracle.client(storage, context.log)
+        chain_pairs, reflected = instruction_reflected_pairs(db, dataset, shard)
     version = prompt_version(client)
     log_oracle_version(context, "oracle", client.settings, version)
-    try:
-        chain_pairs, reflected = instruction_reflected_pairs(db, dataset, shard)
-    except ReflectionInputError as exc:
-        raise dg.Failure(description=str(exc)) from None
     variants = {"chain": (chain_pairs, reflected)}
     if config.also_original:
         variants["original"] = (raw_pairs(db, dataset, shard), set())
@@ -235,10 +235,8 @@ def recycled_dataset(
     requests. Table: reflect.recycled."""
     dataset, shard = dataset_and_shard(context)
     db = storage.db()
-    try:
+    with user_errors_fail_the_step():
         rows = write_recycled(db, dataset, shard, config.mode)
-    except ReflectionInputError as exc:
-        raise dg.Failure(description=str(exc)) from None
     with db.connect() as con:
         provenance = dict(
             con.execute(

@@ -17,11 +17,12 @@ import polars as pl
 from reflection_assets.engines.adapters import VARIANT_SOURCES, held_out
 from reflection_assets.engines.storage import Database
 from reflection_assets.engines.testsets import TestPrompt
+from reflection_assets.errors import UserError
 
 Log = Callable[[str], None]
 
 
-class BenchmarkError(Exception):
+class BenchmarkError(UserError):
     """A benchmark that cannot run on this input. The message is meant for the user."""
 
 

@@ -14,12 +14,13 @@ from reflection_assets.engines.sources import (
     resolve_source,
 )
 from reflection_assets.engines.storage import Database
+from reflection_assets.errors import UserError
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 FIELD_ROLES = ("instruction", "input", "output")
 
 
-class DatasetError(Exception):
+class DatasetError(UserError):
     """A registry request that cannot be honoured. The message is meant for the user."""
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import polars as pl
 
 from reflection_assets.engines.storage import Database
+from reflection_assets.errors import UserError
 
 EXPORT_FORMATS = ("alpaca", "jsonl", "sharegpt", "parquet")
 # Training sets: every format, with a LLaMA-Factory entry beside the file.
@@ -26,7 +27,7 @@ INSPECTION_FORMATS = ("jsonl", "parquet")
 INSPECTION_COLUMNS = ("record_id", "variant", "outcome", "reason", "instruction", "input", "output")
 
 
-class ExportError(Exception):
+class ExportError(UserError):
     """Nothing to export, or a bad request. The message is meant for the user."""
 
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from reflection_assets.engines.storage import Database
+from reflection_assets.errors import UserError
 
 
-class LineageError(Exception):
+class LineageError(UserError):
     """No such record. The message is meant for the user."""
 
 

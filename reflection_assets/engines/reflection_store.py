@@ -7,13 +7,14 @@ import polars as pl
 
 from reflection_assets.engines.reflection import Pair, PhaseResult
 from reflection_assets.engines.storage import Database
+from reflection_assets.errors import UserError
 from reflection_assets.method.prompts import BETTER_ANSWER, NEW_ANSWER, NEW_INSTRUCTION
 
 RECYCLE_MODES = {"chain": "reflect.recycle_chain", "instruction": "reflect.recycle_instruction",
                  "response": "reflect.recycle_response"}
 
 
-class ReflectionInputError(Exception):
+class ReflectionInputError(UserError):
     """An upstream stage is missing for this shard. The message says what to run."""
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from reflection_assets.errors import SettingsError
+
 
 def dagster_home() -> Path:
     return Path(os.environ.get("DAGSTER_HOME") or "dagster_home").expanduser().resolve()
@@ -34,9 +36,9 @@ def shard_count() -> int:
     try:
         value = int(raw)
     except ValueError:
-        raise ValueError(f"REFLECTION_SHARDS={raw!r}: expected a whole number from 1 to 1024") from None
+        raise SettingsError(f"REFLECTION_SHARDS={raw!r}: expected a whole number from 1 to 1024") from None
     if not 1 <= value <= 1024:
-        raise ValueError(f"REFLECTION_SHARDS={raw!r}: expected a whole number from 1 to 1024")
+        raise SettingsError(f"REFLECTION_SHARDS={raw!r}: expected a whole number from 1 to 1024")
     return value
 
 
@@ -47,7 +49,7 @@ def pool_report_s() -> float:
     try:
         value = float(raw)
     except ValueError:
-        raise ValueError(f"REFLECTION_POOL_REPORT_S={raw!r}: expected a number of seconds") from None
+        raise SettingsError(f"REFLECTION_POOL_REPORT_S={raw!r}: expected a number of seconds") from None
     if value <= 0:
-        raise ValueError(f"REFLECTION_POOL_REPORT_S={raw!r}: expected a number of seconds above 0")
+        raise SettingsError(f"REFLECTION_POOL_REPORT_S={raw!r}: expected a number of seconds above 0")
     return value

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 
+from reflection_assets.errors import UserError
 from reflection_assets.method.records import CONVERSATION_FIELDS, INSTRUCTION_FIELDS
 
 FORMATS = ("json", "jsonl", "csv", "parquet", "hf")
@@ -22,7 +23,7 @@ BUNDLED = {"sample": "sample_alpaca.json", "eval_prompts": "eval_prompts.jsonl"}
 SourceRow = tuple[int, object]
 
 
-class SourceError(Exception):
+class SourceError(UserError):
     """A source that cannot be read at all. The message is meant for the user."""
 
 

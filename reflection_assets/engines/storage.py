@@ -16,13 +16,15 @@ from pathlib import Path
 
 import duckdb
 
+from reflection_assets.errors import UserError
+
 SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
 
 _schema_applied: set[str] = set()
 _schema_lock = threading.Lock()
 
 
-class StorageError(Exception):
+class StorageError(UserError):
     """The database cannot be opened or set up. The message is meant for the user."""
 
 

@@ -10,6 +10,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from reflection_assets.errors import UserError
+
 VICUNA_TEMPLATE = (
     "A chat between a curious user and an artificial intelligence assistant. The assistant "
     "gives helpful, detailed, and polite answers to the user's questions. USER: {prompt} ASSISTANT:"
@@ -17,7 +19,7 @@ VICUNA_TEMPLATE = (
 IGNORE = -100  # label value the loss skips
 
 
-class TrainingError(Exception):
+class TrainingError(UserError):
     """Training cannot start on this input. The message is meant for the user."""
 
 

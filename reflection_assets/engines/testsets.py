@@ -13,12 +13,13 @@ from pathlib import Path
 from reflection_assets.engines.datasets import NAME_PATTERN
 from reflection_assets.engines.sources import BUNDLED_PREFIX, SourceError, resolve_source
 from reflection_assets.engines.storage import Database
+from reflection_assets.errors import UserError
 
 BUNDLED_TESTSET = "bundled"  # always available: the package's evaluation prompts
 BUNDLED_TESTSET_SOURCE = BUNDLED_PREFIX + "eval_prompts"
 
 
-class TestsetError(Exception):
+class TestsetError(UserError):
     """A test set that cannot be read or registered. The message is meant for the user."""
 
     __test__ = False  # not a pytest class

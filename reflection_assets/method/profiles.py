@@ -7,13 +7,15 @@ local backend and paper for endpoints. Pure: no I/O."""
 
 from __future__ import annotations
 
+from reflection_assets.errors import SettingsError
+
 AUTO, PAPER, COMPACT = "auto", "paper", "compact"
 PROMPT_SETTINGS = (AUTO, PAPER, COMPACT)
 
 
 def resolve_profile(setting: str, backend: str) -> str:
     if setting not in PROMPT_SETTINGS:
-        raise ValueError(f"prompts {setting!r}: expected one of {', '.join(PROMPT_SETTINGS)}")
+        raise SettingsError(f"prompts {setting!r}: expected one of {', '.join(PROMPT_SETTINGS)}")
     if setting == AUTO:
         return COMPACT if backend == "local" else PAPER
     return setting

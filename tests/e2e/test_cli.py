@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import duckdb
+import pytest
 
 from tests.conftest import alpaca_rows, write_json
 
@@ -147,3 +148,20 @@ def test_testsets_and_scores_commands(tmp_path):
     assert [line.split()[0] for line in listed.stdout.splitlines()] == ["bundled", "wizard"]
     scores = reflection("scores", env=env)
     assert scores.returncode == 0 and "no benchmark scores yet" in scores.stdout
+
+
+def test_a_bad_setting_is_one_line_and_a_bug_keeps_its_traceback(tmp_path, monkeypatch, capsys):
+    from reflection_assets import cli
+
+    env = make_env(tmp_path / "home")
+    env["REFLECTION_ORACLE_BACKEND"] = "anthropic"
+    bad = reflection("oracle", "info", env=env)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip() == "reflection: oracle backend 'anthropic': expected one of local, openai"
+
+    def broken(args):
+        raise RuntimeError("a bug, not a user mistake")
+
+    monkeypatch.setattr(cli, "cmd_scores", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli.main(["scores"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, fields
 
+from reflection_assets.errors import SettingsError
 from reflection_assets.method.profiles import AUTO, resolve_profile
 from reflection_assets.method.requests import SamplingSettings
 
@@ -49,25 +50,25 @@ class OracleSettings:
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
-            raise ValueError(f"oracle backend {self.backend!r}: expected one of {', '.join(BACKENDS)}")
+            raise SettingsError(f"oracle backend {self.backend!r}: expected one of {', '.join(BACKENDS)}")
         if self.max_tokens is None:
             # At ~110 tokens/s on 2 cores, 2,048 tokens a reply would make the 128-record
             # sample take hours; the compact profile asks for less per section anyway.
             default = DEFAULT_MAX_TOKENS_LOCAL if self.backend == "local" else DEFAULT_MAX_TOKENS
             object.__setattr__(self, "max_tokens", default)
         if self.dtype not in DTYPES:
-            raise ValueError(f"oracle dtype {self.dtype!r}: expected one of {', '.join(DTYPES)}")
+            raise SettingsError(f"oracle dtype {self.dtype!r}: expected one of {', '.join(DTYPES)}")
         if self.backend == "openai" and not self.model:
-            raise ValueError("the openai backend needs a model name (REFLECTION_ORACLE_MODEL)")
+            raise SettingsError("the openai backend needs a model name (REFLECTION_ORACLE_MODEL)")
         for name in ("max_tokens", "max_concurrency", "batch_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"oracle setting {name}={getattr(self, name)}: expected 1 or more")
+                raise SettingsError(f"oracle setting {name}={getattr(self, name)}: expected 1 or more")
         if self.max_retries < 0 or self.timeout_s <= 0:
-            raise ValueError("oracle settings: max_retries must be >= 0 and timeout_s > 0")
+            raise SettingsError("oracle settings: max_retries must be >= 0 and timeout_s > 0")
         if self.no_repeat_ngram < 0:
-            raise ValueError(f"oracle no_repeat_ngram={self.no_repeat_ngram}: expected 0 (off) or more")
+            raise SettingsError(f"oracle no_repeat_ngram={self.no_repeat_ngram}: expected 0 (off) or more")
         if self.repetition_penalty <= 0:
-            raise ValueError(f"oracle repetition_penalty={self.repetition_penalty}: expected a number above 0")
+            raise SettingsError(f"oracle repetition_penalty={self.repetition_penalty}: expected a number above 0")
         resolve_profile(self.prompts, self.backend)  # a bad value fails here, with its name
 
     @property
@@ -144,7 +145,7 @@ def _read_env(prefix: str, environ: dict[str, str]) -> dict[str, object]:
         try:
             values[name] = kind(raw)
         except ValueError:
-            raise ValueError(
+            raise SettingsError(
                 f"{prefix}{suffix}={'***' if suffix == 'API_KEY' else repr(raw)}: "
                 f"expected {'a number' if kind is not str else 'text'}"
             ) from None
@@ -167,7 +168,7 @@ def settings_from_env(
     if values.get("backend") == "openai":
         values.setdefault("api_key", environ.get("OPENAI_API_KEY"))
         if "model" not in values:
-            raise ValueError(
+            raise SettingsError(
                 f"{prefix}BACKEND=openai needs {prefix}MODEL (the model name the endpoint serves)"
             )
     return OracleSettings(**values)  # type: ignore[arg-type]
