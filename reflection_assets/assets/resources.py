@@ -1,9 +1,14 @@
 """Dagster resources: the handles assets get to the world."""
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import ClassVar, Optional
 
 import dagster as dg
+import duckdb
+from dagster_duckdb import DuckDBResource
+from pydantic import Field
 
 from reflection_assets.engines.datasets import DatasetRegistry
 from reflection_assets.engines.oracle.client import OracleClient
@@ -22,15 +27,27 @@ DUCKDB_POOL = "duckdb"
 OWNER = "team:data-recycling"
 
 
-class StorageResource(dg.ConfigurableResource):
-    """The DuckDB database file and the folder for model artifacts.
+class StorageResource(DuckDBResource):
+    """The DuckDB database and the folder for model artifacts: dagster-duckdb's DuckDBResource
+    (`database`, `connection_config`, `get_connection()`), plus what this project needs of
+    it: the schema set up from the package's SQL on first connection, read-only access, and
+    waiting out another process's write lock (up to `lock_timeout_s`) with a clear error.
 
-    Left unset, they come from REFLECTION_DUCKDB / REFLECTION_ARTIFACTS or sit under
-    $DAGSTER_HOME, read when used, so the CLI, the UI and the tests agree."""
+    Left empty, `database` and `artifacts` come from REFLECTION_DUCKDB / REFLECTION_ARTIFACTS
+    or sit under $DAGSTER_HOME, read when used, so the CLI, the UI and the tests agree."""
 
-    database: Optional[str] = None
-    artifacts: Optional[str] = None
-    lock_timeout_s: float = 300.0
+    database: str = Field(
+        default="",
+        description="The DuckDB file. Empty: REFLECTION_DUCKDB, or $DAGSTER_HOME/reflection.duckdb.",
+    )
+    artifacts: str = Field(
+        default="",
+        description="The folder for adapters and converted models. Empty: REFLECTION_ARTIFACTS, "
+        "or $DAGSTER_HOME/artifacts.",
+    )
+    lock_timeout_s: float = Field(
+        default=300.0, description="How long to wait for another process's write lock on the file."
+    )
 
     def database_path(self) -> str:
         return self.database or default_database()
@@ -39,7 +56,13 @@ class StorageResource(dg.ConfigurableResource):
         return self.artifacts or default_artifacts()
 
     def db(self) -> Database:
-        return Database(self.database_path(), self.lock_timeout_s)
+        return Database(self.database_path(), self.lock_timeout_s, self.connection_config)
+
+    @contextmanager
+    def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """DuckDBResource's connection, with the schema set up and lock waits."""
+        with self.db().connect() as con:
+            yield con
 
     def registry(self) -> DatasetRegistry:
         return DatasetRegistry(self.db())

@@ -12,13 +12,15 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 import duckdb
 
 from reflection_assets.errors import UserError
 
-SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
+SQL_PACKAGE = "reflection_assets"  # its sql/ folder is package data: any install has it
 
 _schema_applied: set[str] = set()
 _schema_lock = threading.Lock()
@@ -28,10 +30,12 @@ class StorageError(UserError):
     """The database cannot be opened or set up. The message is meant for the user."""
 
 
-def sql_files() -> list[Path]:
-    files = sorted(SQL_DIR.glob("*.sql"))
+def sql_files() -> list[Traversable]:
+    """The DDL and views, in file-name order (000_ first), from the installed package."""
+    folder = resources.files(SQL_PACKAGE) / "sql"
+    files = sorted((f for f in folder.iterdir() if f.name.endswith(".sql")), key=lambda f: f.name) if folder.is_dir() else []
     if not files:
-        raise StorageError(f"{SQL_DIR}: no .sql files; the package's sql/ folder is missing")
+        raise StorageError(f"{folder}: no .sql files; the package was installed without its sql/ folder")
     return files
 
 
@@ -41,16 +45,17 @@ def _is_lock_conflict(exc: duckdb.Error) -> bool:
 
 
 class Database:
-    def __init__(self, path: str | Path, lock_timeout_s: float = 300.0):
+    def __init__(self, path: str | Path, lock_timeout_s: float = 300.0, config: dict | None = None):
         self.path = Path(path)
         self.lock_timeout_s = lock_timeout_s
+        self.config = dict(config or {})  # DuckDB settings (memory_limit, threads...)
 
     def _open(self, read_only: bool) -> duckdb.DuckDBPyConnection:
         deadline = time.monotonic() + self.lock_timeout_s
         delay = 0.05
         while True:
             try:
-                return duckdb.connect(str(self.path), read_only=read_only)
+                return duckdb.connect(str(self.path), read_only=read_only, config=self.config)
             except duckdb.IOException as exc:
                 if not _is_lock_conflict(exc):
                     raise StorageError(f"{self.path}: cannot open the database ({exc})") from None
@@ -72,7 +77,7 @@ class Database:
                 try:
                     con.execute(file.read_text())
                 except duckdb.Error as exc:
-                    raise StorageError(f"{file}: failed to apply ({exc})") from None
+                    raise StorageError(f"{file.name} (the package's sql/): failed to apply ({exc})") from None
             _schema_applied.add(key)
 
     @contextmanager
