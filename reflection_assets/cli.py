@@ -242,19 +242,20 @@ def _oracle_resource(judge: bool):
 
 
 def cmd_oracle_info(args: argparse.Namespace) -> int:
-    settings = _oracle_resource(args.judge).settings()
+    from reflection_assets.engines.oracle.cache import OracleCache
+
+    settings, sources = _oracle_resource(args.judge).settings_with_sources()
     for name, value in settings.described().items():
-        print(f"{name:<22}{value}")
-    print(f"{'api_key':<22}{'set' if settings.api_key else 'not set'}")
-    with _storage().db().connect() as con:
-        rows = con.execute(
-            "SELECT fingerprint, model, replies, prompt_tokens + completion_tokens, cost_usd "
-            "FROM oracle.spend ORDER BY model, fingerprint"
-        ).fetchall()
-    if rows:
+        source = sources.get(name)
+        print(f"{name:<24}{value!s:<34}{'' if source in (None, 'default') else 'from ' + source}".rstrip())
+    source = sources["api_key"]
+    print(f"{'api_key':<24}{'set' if settings.api_key else 'not set':<34}{'' if source == 'default' else 'from ' + source}".rstrip())
+    print(f"{'prompt profile':<24}{settings.prompt_profile}")
+    spend = OracleCache(_storage().db()).spend()
+    if spend:
         print("\ncached replies by fingerprint:")
-        for fingerprint, model, replies, tokens, cost in rows:
-            print(f"  {fingerprint}  {model:<30} {replies:>8} replies {tokens:>12,} tokens  ${cost:.4f}")
+        for row in spend:
+            print(f"  {row.fingerprint}  {row.model:<30} {row.replies:>8} replies {row.tokens:>12,} tokens  ${row.cost_usd:.4f}")
     return 0
 
 

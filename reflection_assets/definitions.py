@@ -85,5 +85,11 @@ defs = dg.Definitions(
     schedules=[observe_oracles_nightly],
     sensors=[recycle_stale],
     executor=EXECUTOR,
-    resources={"storage": StorageResource(), "oracle": OracleResource(), "judge": JudgeResource()},
+    # Built from the environment the code location sees: the UI shows which variable each
+    # value comes from; what is unset is read when the resource is used.
+    resources={
+        "storage": StorageResource.from_environment(),
+        "oracle": OracleResource.from_environment(),
+        "judge": JudgeResource.from_environment(),
+    },
 )

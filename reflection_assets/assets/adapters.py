@@ -1,9 +1,11 @@
 """baseline_adapter and recycled_adapter: the same student, LoRA-tuned the same way, on the
 original and on the recycled data of one dataset."""
 
-from typing import Optional
+import dataclasses
+import typing
 
 import dagster as dg
+from pydantic import Field, create_model
 
 from reflection_assets.assets.automation import STALE_ONLY
 from reflection_assets.assets.failures import user_errors_fail_the_step
@@ -16,36 +18,39 @@ from reflection_assets.engines.adapters import Adapter, train_or_reuse
 from reflection_assets.engines.student import TrainConfig
 
 ALL_SHARDS_OF_DATASET = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="dataset")
-D = TrainConfig  # defaults live in one place: the engine's TrainConfig
+# The main job's small default: a few minutes of CPU. For a real run set max_steps to null
+# (3 epochs, as the paper).
+MAIN_JOB_MAX_STEPS = 24
 
 
-class AdapterConfig(dg.Config):
-    """LoRA settings. The defaults are the main job's: a small number of steps on the
-    embedded model. For a real run set max_steps to null (3 epochs, as the paper)."""
-
-    base_model: str = D.base_model
-    template: str = D.template
-    lora_rank: int = D.lora_rank
-    lora_alpha: int = D.lora_alpha
-    lora_dropout: float = D.lora_dropout
-    target_modules: list[str] = list(D.target_modules)
-    learning_rate: float = D.learning_rate
-    warmup_ratio: float = D.warmup_ratio
-    weight_decay: float = D.weight_decay
-    epochs: float = D.epochs
-    max_steps: Optional[int] = 24
-    batch_size: int = D.batch_size
-    grad_accumulation: int = D.grad_accumulation
-    max_length: int = D.max_length
-    eval_fraction: float = D.eval_fraction
-    holdout_fraction: float = D.holdout_fraction
-    seed: int = D.seed
-    precision: str = D.precision
-
+class _AdapterConfigBase(dg.Config):
     def train_config(self) -> TrainConfig:
         values = self.model_dump()
         values["target_modules"] = tuple(values["target_modules"])
         return TrainConfig(**values)
+
+
+def _config_field(knob: dataclasses.Field, kind: object) -> tuple[object, object]:
+    default = MAIN_JOB_MAX_STEPS if knob.name == "max_steps" else knob.default
+    if knob.name == "target_modules":
+        kind, default = list[str], list(default)
+    return (kind, Field(default=default, description=knob.metadata["doc"]))
+
+
+# Every field of TrainConfig that is a knob, with its default and description: a new training
+# setting is added to TrainConfig alone.
+AdapterConfig = create_model(
+    "AdapterConfig",
+    __base__=_AdapterConfigBase,
+    __module__=__name__,
+    __doc__="LoRA settings (engines/student.py TrainConfig). The defaults are the main job's: "
+    f"{MAIN_JOB_MAX_STEPS} steps on the embedded model; for a real run set max_steps to null.",
+    **{
+        knob.name: _config_field(knob, kind)
+        for knob, kind in ((k, typing.get_type_hints(TrainConfig)[k.name]) for k in dataclasses.fields(TrainConfig))
+        if "doc" in knob.metadata
+    },
+)
 
 
 def _metadata(adapter: Adapter) -> dict:

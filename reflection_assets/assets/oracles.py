@@ -28,8 +28,11 @@ def described(settings: OracleSettings, prompt_version: str) -> dict:
     }
 
 
-def observation(settings: OracleSettings, prompt_version: str) -> dg.ObserveResult:
+def observation(settings: OracleSettings, sources: dict[str, str], prompt_version: str) -> dg.ObserveResult:
+    """The fingerprint as data version; the settings, and where each one not left at its
+    default came from (an environment variable, or the resource's config)."""
     facts = described(settings, prompt_version)
+    facts["settings_from"] = {name: source for name, source in sources.items() if source != "default"}
     return dg.ObserveResult(data_version=dg.DataVersion(facts["fingerprint"]), metadata=facts)
 
 
@@ -57,8 +60,8 @@ def _llm_source(name: str, version_of: Callable[[str], str], description: str):
         tags={"stage": "oracle"},
     )
     def source(context) -> dg.ObserveResult:
-        settings = getattr(context.resources, name).settings()
-        return observation(settings, version_of(settings.prompt_profile))
+        settings, sources = getattr(context.resources, name).settings_with_sources()
+        return observation(settings, sources, version_of(settings.prompt_profile))
 
     return source
 

@@ -1,22 +1,25 @@
 """Dagster resources: the handles assets get to the world."""
 
 import logging
-from collections.abc import Iterator
+import os
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import ClassVar, Optional
 
 import dagster as dg
 import duckdb
 from dagster_duckdb import DuckDBResource
-from pydantic import Field
+from pydantic import Field, create_model
 
 from reflection_assets.engines.datasets import DatasetRegistry
 from reflection_assets.engines.oracle.client import OracleClient
 from reflection_assets.engines.oracle.settings import (
     JUDGE_PREFIX,
     ORACLE_PREFIX,
+    EnvSetting,
     OracleSettings,
-    settings_from_env,
+    env_settings,
+    settings_with_sources,
 )
 from reflection_assets.engines.settings import default_artifacts, default_database
 from reflection_assets.engines.storage import Database
@@ -49,6 +52,14 @@ class StorageResource(DuckDBResource):
         default=300.0, description="How long to wait for another process's write lock on the file."
     )
 
+    @classmethod
+    def from_environment(cls, environ: Optional[Mapping[str, str]] = None) -> "StorageResource":
+        """As the code location builds it: REFLECTION_DUCKDB / REFLECTION_ARTIFACTS, when set,
+        as `dg.EnvVar`s, so the UI shows where the paths come from."""
+        environ = os.environ if environ is None else environ
+        names = {"database": "REFLECTION_DUCKDB", "artifacts": "REFLECTION_ARTIFACTS"}
+        return cls(**{field: dg.EnvVar(var) for field, var in names.items() if environ.get(var)})
+
     def database_path(self) -> str:
         return self.database or default_database()
 
@@ -68,41 +79,63 @@ class StorageResource(DuckDBResource):
         return DatasetRegistry(self.db())
 
 
-class OracleResource(dg.ConfigurableResource):
-    """The oracle LLM: the embedded model (backend `local`, the default) or any
-    OpenAI-compatible endpoint (backend `openai`). Unset fields come from
-    REFLECTION_ORACLE_* environment variables; see the README for each."""
+class _LLMResource(dg.ConfigurableResource):
+    """What the oracle and the judge resources do; their fields come from OracleSettings."""
 
     ENV_PREFIX: ClassVar[str] = ORACLE_PREFIX
 
-    backend: Optional[str] = None
-    model: Optional[str] = None
-    base_url: Optional[str] = None
-    api_key: Optional[str] = None  # prefer the environment variable: never shown or stored
-    temperature: Optional[float] = None
-    max_tokens: Optional[int] = None
-    seed: Optional[int] = None
-    timeout_s: Optional[float] = None
-    max_concurrency: Optional[int] = None
-    rpm: Optional[int] = None
-    tpm: Optional[int] = None
-    max_retries: Optional[int] = None
-    budget_usd: Optional[float] = None
-    batch_size: Optional[int] = None
-    dtype: Optional[str] = None
-    repetition_penalty: Optional[float] = None
-    no_repeat_ngram: Optional[int] = None
-    prompts: Optional[str] = None
-
     def settings(self) -> OracleSettings:
-        overrides = {name: getattr(self, name) for name in type(self).model_fields}
-        return settings_from_env(self.ENV_PREFIX, **overrides)
+        return self.settings_with_sources()[0]
+
+    def settings_with_sources(self) -> tuple[OracleSettings, dict[str, str]]:
+        overrides = {entry.name: getattr(self, entry.name) for entry in env_settings()}
+        return settings_with_sources(self.ENV_PREFIX, **overrides)
 
     def client(self, storage: StorageResource, log: Optional[logging.Logger] = None) -> OracleClient:
         return OracleClient(self.settings(), storage.db(), storage.artifacts_path(), log)
 
+    @classmethod
+    def from_environment(cls, environ: Optional[Mapping[str, str]] = None) -> "_LLMResource":
+        """The resource as the code location builds it: each text or whole-number setting set
+        in the environment is a `dg.EnvVar`, so the UI shows which variable it comes from
+        (numbers with decimals cannot be: Dagster has no float EnvVar; they, and everything
+        unset here, are read from the environment when the resource is used)."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for entry in env_settings():
+            for prefix in dict.fromkeys((cls.ENV_PREFIX, ORACLE_PREFIX)):
+                variable = prefix + entry.env
+                if environ.get(variable) and entry.kind in (str, int):
+                    values[entry.name] = dg.EnvVar(variable) if entry.kind is str else dg.EnvVar.int(variable)
+                    break
+        return cls(**values)
 
-class JudgeResource(OracleResource):
+
+def _field(entry: EnvSetting) -> tuple[object, object]:
+    default = "" if entry.default is None else f" Default: {entry.default}."
+    return (
+        Optional[entry.kind],
+        Field(
+            default=None,
+            description=f"{entry.doc}.{default} Unset: REFLECTION_ORACLE_{entry.env} "
+            f"(the judge: REFLECTION_JUDGE_{entry.env}, then the oracle's).",
+        ),
+    )
+
+
+OracleResource = create_model(
+    "OracleResource",
+    __base__=_LLMResource,
+    __module__=__name__,
+    __doc__="The oracle LLM: the embedded model (backend `local`, the default) or any "
+    "OpenAI-compatible endpoint (backend `openai`). Every field is a setting of "
+    "OracleSettings (engines/oracle/settings.py); a field left unset comes from its "
+    "REFLECTION_ORACLE_* environment variable, or the default.",
+    **{entry.name: _field(entry) for entry in env_settings()},
+)
+
+
+class JudgeResource(OracleResource):  # type: ignore[misc, valid-type]
     """The judge LLM for benchmarks: REFLECTION_JUDGE_* variables, each falling back to
     the oracle's REFLECTION_ORACLE_* value."""
 

@@ -23,31 +23,37 @@ class TrainingError(UserError):
     """Training cannot start on this input. The message is meant for the user."""
 
 
+def knob(default: object, doc: str):
+    """A training setting: its default and what it means (the adapter assets' config fields
+    and their descriptions in the UI come from these)."""
+    return field(default=default, metadata={"doc": doc})
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """The paper's recipe (3 epochs, warmup 3%, no weight decay, loss on the response)
     scaled to LoRA on a small student; every field is a knob."""
 
-    base_model: str = "SmolLM2-135M-Instruct"
-    template: str = "auto"  # auto/chat: the model's chat template (an error if it has none); vicuna
-    lora_rank: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
-    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
-    learning_rate: float = 2e-4
-    warmup_ratio: float = 0.03
-    weight_decay: float = 0.0
-    epochs: float = 3.0
-    max_steps: int | None = None  # caps the epochs when set
-    batch_size: int = 4
-    grad_accumulation: int = 1
-    max_length: int = 256
-    eval_fraction: float = 0.1
+    base_model: str = knob("SmolLM2-135M-Instruct", "the student: the embedded model, a local folder, or a Hugging Face id in the local cache")
+    template: str = knob("auto", "auto (the model's chat template; an error if it has none) or vicuna (the paper's layout)")
+    lora_rank: int = knob(8, "LoRA rank")
+    lora_alpha: int = knob(16, "LoRA alpha")
+    lora_dropout: float = knob(0.05, "LoRA dropout")
+    target_modules: tuple[str, ...] = knob(("q_proj", "v_proj"), "the modules LoRA adapts")
+    learning_rate: float = knob(2e-4, "AdamW learning rate (the paper's 2e-5 is for full fine-tuning)")
+    warmup_ratio: float = knob(0.03, "share of the steps spent warming up, then a linear decay")
+    weight_decay: float = knob(0.0, "AdamW weight decay")
+    epochs: float = knob(3.0, "passes over the training rows (when max_steps is not set)")
+    max_steps: int | None = knob(None, "optimizer steps; caps the epochs when set")
+    batch_size: int = knob(4, "examples per forward pass")
+    grad_accumulation: int = knob(1, "forward passes per optimizer step (global batch = batch_size x this)")
+    max_length: int = knob(256, "tokens per example; longer ones are cut (counted as truncated_examples)")
+    eval_fraction: float = knob(0.1, "share of the training rows set aside for the eval loss")
     # Records whose id falls in this fraction (by hash, the same for every variant) are kept
     # out of training altogether: benchmark_scores measures held-out loss on them.
-    holdout_fraction: float = 0.1
-    seed: int = 42
-    precision: str = "auto"  # auto: bfloat16 autocast where supported; or float32
+    holdout_fraction: float = knob(0.1, "share of the dataset's records (by id, the same for every adapter) kept out of training for held-out loss")
+    seed: int = knob(42, "random seed of the shuffles and the LoRA initialization")
+    precision: str = knob("auto", "auto (bfloat16 autocast where supported) or float32")
     log_every_s: float = 10.0
 
     def as_dict(self) -> dict[str, object]:

@@ -106,12 +106,16 @@ def test_oracle_info_and_ask_against_an_endpoint(tmp_path):
         second = reflection("oracle", "ask", "Is this thing on?", env=env)
         assert "[cached;" in second.stderr and server.request_count == 1
         info = reflection("oracle", "info", env=env)
-    assert "gpt-4o-mini" in info.stdout and "api_key               set" in info.stdout
+    lines = {line.split()[0]: line.split()[1:] for line in info.stdout.splitlines() if line and not line.startswith(" ")}
+    assert lines["model"] == ["gpt-4o-mini", "from", "REFLECTION_ORACLE_MODEL"]
+    assert lines["api_key"] == ["set", "from", "REFLECTION_ORACLE_API_KEY"]
+    assert lines["temperature"] == ["0.0"]  # a default says nothing about where it came from
     assert "1 replies" in info.stdout
     for output in (first.stdout, first.stderr, info.stdout, info.stderr):
         assert "sk-cli-secret-98765" not in output
     judge = reflection("oracle", "info", "--judge", env={**env, "REFLECTION_JUDGE_MODEL": "gpt-4o"})
-    assert "gpt-4o\n" in judge.stdout
+    assert "gpt-4o                            from REFLECTION_JUDGE_MODEL" in judge.stdout
+    assert "openai                            from REFLECTION_ORACLE_BACKEND" in judge.stdout  # inherited
 
 
 def test_run_takes_asset_settings_from_a_file(tmp_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 import polars as pl
 
@@ -67,6 +68,15 @@ def reply_row(request: OracleRequest, reply: OracleReply) -> tuple:
     )
 
 
+@dataclass(frozen=True)
+class Spend:
+    fingerprint: str
+    model: str
+    replies: int
+    tokens: int
+    cost_usd: float
+
+
 class OracleCache:
     def __init__(self, db: Database):
         self.db = db
@@ -82,6 +92,15 @@ class OracleCache:
                 replayed += len(rows)
             discard(path, handle)
         return replayed
+
+    def spend(self) -> list[Spend]:
+        """Cached replies, tokens and cost per fingerprint (the oracle.spend view)."""
+        with self.db.connect() as con:
+            rows = con.execute(
+                "SELECT fingerprint, model, replies, prompt_tokens + completion_tokens, cost_usd "
+                "FROM oracle.spend ORDER BY model, fingerprint"
+            ).fetchall()
+        return [Spend(*row) for row in rows]
 
     def journal(self) -> ReplyJournal:
         return ReplyJournal(self.journals)

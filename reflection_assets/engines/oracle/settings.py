@@ -1,9 +1,13 @@
-"""Oracle settings read from the environment: REFLECTION_ORACLE_* for the oracle and
-REFLECTION_JUDGE_* for the judge, each judge setting falling back to the oracle's."""
+"""The oracle's settings, in one place: each field of OracleSettings carries its default,
+the suffix of its environment variable (REFLECTION_ORACLE_* for the oracle,
+REFLECTION_JUDGE_* for the judge, each judge setting falling back to the oracle's) and what
+it means. The environment reader, the Dagster resources' fields (with these descriptions)
+and the README's table come from here (tests/unit/test_settings.py checks the README)."""
 
 from __future__ import annotations
 
 import os
+import typing
 from dataclasses import dataclass, field, fields
 
 from reflection_assets.errors import SettingsError
@@ -19,32 +23,36 @@ DTYPES = ("auto", "float32", "bfloat16")
 JUDGE_PREFIX = "REFLECTION_JUDGE_"
 
 
+def setting(default: object, env: str, doc: str, **kw: object):
+    """A field read from the environment variable PREFIX + `env`; `doc` says what it means."""
+    return field(default=default, metadata={"env": env, "doc": doc}, **kw)  # type: ignore[call-overload]
+
+
 @dataclass(frozen=True)
 class OracleSettings:
-    backend: str = "local"
-    model: str = EMBEDDED_MODEL
-    base_url: str | None = None
-    api_key: str | None = field(default=None, repr=False)  # never printed
-    temperature: float = 0.0
-    max_tokens: int | None = None  # 2048 (the paper's) for endpoints, 256 for the local backend
-    seed: int | None = None
-    timeout_s: float = 120.0
-    max_concurrency: int = 32
-    rpm: int | None = None  # requests per minute
-    tpm: int | None = None  # tokens per minute
-    max_retries: int = 6
-    budget_usd: float | None = None
-    price_input_per_mtok: float | None = None  # overrides the price table, $ per 1M tokens
-    price_output_per_mtok: float | None = None
-    batch_size: int = 16  # the local backend's generation batch
-    dtype: str = "auto"  # the local backend's precision: bfloat16 where the CPU/GPU has it
-    # The local backend's repetition penalty: 1.1 keeps the small model from looping (measured:
-    # on-topic rewrites of 8 of 8 records, against loops without it); 1.0 turns it off.
-    repetition_penalty: float = 1.1
-    # The local backend never repeats a run of this many tokens (0: off). Measured on the
-    # embedded model's better answers: 115 of 128 finish instead of 112, the rest looping.
-    no_repeat_ngram: int = 6
-    prompts: str = AUTO  # auto | paper | compact: the prompt profile (method/profiles.py)
+    backend: str = setting("local", "BACKEND", "`local` (the embedded model, in-process) or `openai` (any OpenAI-compatible endpoint)")
+    model: str = setting(EMBEDDED_MODEL, "MODEL", "model name at the endpoint; for `local`, a model folder or a cached Hugging Face id also works")
+    base_url: str | None = setting(None, "BASE_URL", "any OpenAI-compatible `/v1` URL (default: OpenAI's)")
+    api_key: str | None = setting(None, "API_KEY", "falls back to `OPENAI_API_KEY`; never logged, stored, or shown in metadata or errors", repr=False)
+    temperature: float = setting(0.0, "TEMPERATURE", "sampling temperature, as in the paper")
+    # 2048 (the paper's) for endpoints, 256 for the local backend: see __post_init__.
+    max_tokens: int | None = setting(None, "MAX_TOKENS", "the reply's token limit (default 2048, 256 for `local`); the compact profile asks for less per section")
+    seed: int | None = setting(None, "SEED", "sampling seed, where the backend takes one")
+    timeout_s: float = setting(120.0, "TIMEOUT", "seconds per request")
+    max_concurrency: int = setting(32, "MAX_CONCURRENCY", "requests in flight at most")
+    rpm: int | None = setting(None, "RPM", "requests per minute (a token bucket)")
+    tpm: int | None = setting(None, "TPM", "tokens per minute (a token bucket)")
+    max_retries: int = setting(6, "MAX_RETRIES", "retries of a transient failure")
+    budget_usd: float | None = setting(None, "BUDGET_USD", "stop sending once this much is spent in a run")
+    price_input_per_mtok: float | None = setting(None, "PRICE_INPUT", "$ per 1M prompt tokens, for a model not in the price table")
+    price_output_per_mtok: float | None = setting(None, "PRICE_OUTPUT", "$ per 1M completion tokens, for a model not in the price table")
+    prompts: str = setting(AUTO, "PROMPTS", "the prompt profile: `paper`, `compact`, or `auto` (compact for `local`, paper for endpoints)")
+    batch_size: int = setting(16, "BATCH_SIZE", "the local backend's generation batch")
+    dtype: str = setting("auto", "DTYPE", "the local backend's precision: `bfloat16` where the CPU or GPU computes it natively (`auto`), `float32` or `bfloat16`; part of the fingerprint")
+    # Measured on the embedded model: 1.1 gives on-topic rewrites of 8 of 8 records against
+    # loops without it; no 6-gram repeats lets 115 of 128 better answers finish, not 112.
+    repetition_penalty: float = setting(1.1, "REPETITION_PENALTY", "the local backend's repetition penalty (1.0: off); part of the fingerprint")
+    no_repeat_ngram: int = setting(6, "NO_REPEAT_NGRAM", "the local backend never repeats a run of this many tokens (0: off); part of the fingerprint")
     flush_interval_s: float = 1.0  # replies reach the database at least this often
     progress_interval_s: float = 10.0
 
@@ -97,29 +105,29 @@ class OracleSettings:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "api_key"}
 
 
-# Environment variable suffix -> (field, type)
-ENV_FIELDS = {
-    "BACKEND": ("backend", str),
-    "MODEL": ("model", str),
-    "BASE_URL": ("base_url", str),
-    "API_KEY": ("api_key", str),
-    "TEMPERATURE": ("temperature", float),
-    "MAX_TOKENS": ("max_tokens", int),
-    "SEED": ("seed", int),
-    "TIMEOUT": ("timeout_s", float),
-    "MAX_CONCURRENCY": ("max_concurrency", int),
-    "RPM": ("rpm", int),
-    "TPM": ("tpm", int),
-    "MAX_RETRIES": ("max_retries", int),
-    "BUDGET_USD": ("budget_usd", float),
-    "PRICE_INPUT": ("price_input_per_mtok", float),
-    "PRICE_OUTPUT": ("price_output_per_mtok", float),
-    "BATCH_SIZE": ("batch_size", int),
-    "DTYPE": ("dtype", str),
-    "REPETITION_PENALTY": ("repetition_penalty", float),
-    "NO_REPEAT_NGRAM": ("no_repeat_ngram", int),
-    "PROMPTS": ("prompts", str),
-}
+def _kind(annotation: object) -> type:
+    """str, int or float: the type a field's environment value is read as."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return args[0] if args else annotation  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class EnvSetting:
+    name: str  # the field of OracleSettings
+    env: str  # the suffix after REFLECTION_ORACLE_ / REFLECTION_JUDGE_
+    kind: type
+    doc: str
+    default: object
+
+
+def env_settings() -> list[EnvSetting]:
+    """Every setting read from the environment, in declaration order."""
+    hints = typing.get_type_hints(OracleSettings)
+    return [
+        EnvSetting(f.name, f.metadata["env"], _kind(hints[f.name]), f.metadata["doc"], f.default)
+        for f in fields(OracleSettings)
+        if "env" in f.metadata
+    ]
 
 
 def resolve_dtype(dtype: str) -> str:
@@ -136,40 +144,52 @@ def resolve_dtype(dtype: str) -> str:
     return "bfloat16" if supported or amx else "float32"
 
 
-def _read_env(prefix: str, environ: dict[str, str]) -> dict[str, object]:
-    values: dict[str, object] = {}
-    for suffix, (name, kind) in ENV_FIELDS.items():
-        raw = environ.get(prefix + suffix)
+def _read_env(prefix: str, environ: dict[str, str]) -> dict[str, tuple[object, str]]:
+    """{field: (value, the variable it came from)} for the variables set under `prefix`."""
+    values: dict[str, tuple[object, str]] = {}
+    for entry in env_settings():
+        variable = prefix + entry.env
+        raw = environ.get(variable)
         if raw is None or raw == "":
             continue
         try:
-            values[name] = kind(raw)
+            values[entry.name] = (entry.kind(raw), variable)
         except ValueError:
+            shown = "***" if entry.name == "api_key" else repr(raw)
             raise SettingsError(
-                f"{prefix}{suffix}={'***' if suffix == 'API_KEY' else repr(raw)}: "
-                f"expected {'a number' if kind is not str else 'text'}"
+                f"{variable}={shown}: expected {'a number' if entry.kind is not str else 'text'}"
             ) from None
     return values
+
+
+def settings_with_sources(
+    prefix: str = ORACLE_PREFIX, environ: dict[str, str] | None = None, **overrides: object
+) -> tuple[OracleSettings, dict[str, str]]:
+    """The settings and, for each field, where its value came from: the environment
+    variable's name, `resource` (an explicit value), or `default`.
+
+    Explicit overrides (not None) win over the environment. The judge (prefix
+    REFLECTION_JUDGE_) inherits every oracle setting it does not set. A backend of `openai`
+    without a model name is an error, and its API key falls back to OPENAI_API_KEY."""
+    environ = dict(os.environ if environ is None else environ)
+    found = _read_env(ORACLE_PREFIX, environ)
+    if prefix != ORACLE_PREFIX:
+        found.update(_read_env(prefix, environ))
+    found.update({k: (v, "resource") for k, v in overrides.items() if v is not None})
+    if found.get("backend", (None,))[0] == "openai":
+        if "api_key" not in found and environ.get("OPENAI_API_KEY"):
+            found["api_key"] = (environ["OPENAI_API_KEY"], "OPENAI_API_KEY")
+        if "model" not in found:
+            raise SettingsError(
+                f"{prefix}BACKEND=openai needs {prefix}MODEL (the model name the endpoint serves)"
+            )
+    settings = OracleSettings(**{name: value for name, (value, _) in found.items()})  # type: ignore[arg-type]
+    sources = {entry.name: found[entry.name][1] if entry.name in found else "default" for entry in env_settings()}
+    return settings, sources
 
 
 def settings_from_env(
     prefix: str = ORACLE_PREFIX, environ: dict[str, str] | None = None, **overrides: object
 ) -> OracleSettings:
-    """Settings from the environment; explicit overrides (not None) win.
-
-    The judge (prefix REFLECTION_JUDGE_) inherits every oracle setting it does not set.
-    A backend of `openai` without a model name is an error, and its API key falls back to
-    OPENAI_API_KEY."""
-    environ = dict(os.environ if environ is None else environ)
-    values = _read_env(ORACLE_PREFIX, environ)
-    if prefix != ORACLE_PREFIX:
-        values.update(_read_env(prefix, environ))
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    if values.get("backend") == "openai":
-        values.setdefault("api_key", environ.get("OPENAI_API_KEY"))
-        if "model" not in values:
-            raise SettingsError(
-                f"{prefix}BACKEND=openai needs {prefix}MODEL (the model name the endpoint serves)"
-            )
-    return OracleSettings(**values)  # type: ignore[arg-type]
-
+    """The settings alone (see settings_with_sources)."""
+    return settings_with_sources(prefix, environ, **overrides)[0]

@@ -1,0 +1,86 @@
+"""One source of truth for settings: the README's tables and the Dagster resources and
+configs come from OracleSettings and TrainConfig, and this test fails when they drift."""
+
+import dataclasses
+import re
+from pathlib import Path
+
+import yaml
+
+from reflection_assets.assets.adapters import MAIN_JOB_MAX_STEPS, AdapterConfig
+from reflection_assets.assets.resources import JudgeResource, OracleResource, StorageResource
+from reflection_assets.engines.oracle.settings import env_settings
+from reflection_assets.engines.student import TrainConfig
+
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+
+
+def oracle_table() -> list[tuple[list[str], str]]:
+    """([variable suffixes], default cell) per row of the README's oracle table."""
+    head = README.index("| variable (`REFLECTION_ORACLE_…`) | default | meaning |")
+    rows = []
+    for line in README[head:].splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        names, default, _ = (cell.strip() for cell in line.strip("|").split("|", 2))
+        rows.append((re.findall(r"`([A-Z_]+)`", names), default))
+    return rows
+
+
+def test_the_readme_table_lists_every_oracle_setting_and_its_default():
+    rows = oracle_table()
+    documented = [name for names, _ in rows for name in names]
+    assert sorted(documented) == sorted(e.env for e in env_settings())
+    by_env = {e.env: e for e in env_settings()}
+    for names, cell in rows:
+        parts = [part.strip() for part in cell.split(",")] if len(names) > 1 else [cell]
+        for name, part in zip(names, parts):
+            default = by_env[name].default
+            if default is None:
+                continue
+            shown = f"{default:g}" if isinstance(default, float) else str(default)
+            assert shown in part, f"README says {part!r} for {name}, the default is {shown}"
+
+
+def test_the_resources_have_every_setting_with_its_description():
+    names = {e.name for e in env_settings()}
+    for resource in (OracleResource, JudgeResource):
+        assert set(resource.model_fields) == names
+    for entry in env_settings():
+        description = OracleResource.model_fields[entry.name].description
+        assert entry.doc in description and f"REFLECTION_ORACLE_{entry.env}" in description
+    assert OracleResource().settings().backend == "local"
+    assert {"database", "artifacts", "connection_config"} <= set(StorageResource.model_fields)
+
+
+def test_the_adapter_config_and_the_readme_follow_train_config():
+    knobs = [f for f in dataclasses.fields(TrainConfig) if "doc" in f.metadata]
+    assert list(AdapterConfig.model_fields) == [f.name for f in knobs]
+    config = AdapterConfig()
+    assert config.train_config() == dataclasses.replace(TrainConfig(), max_steps=MAIN_JOB_MAX_STEPS)
+    block = README[README.index("baseline_adapter: &lora"):]
+    block = block[: block.index("```")]
+    documented = yaml.safe_load(block)["baseline_adapter"]
+    assert list(documented) == [f.name for f in knobs]
+    for name, value in documented.items():
+        expected = getattr(config, name)
+        assert value == expected, f"README says {name}: {value}, the default is {expected}"
+
+
+def test_resources_name_the_variables_they_come_from():
+    environ = {
+        "REFLECTION_ORACLE_MODEL": "m",
+        "REFLECTION_JUDGE_MODEL": "j",
+        "REFLECTION_ORACLE_MAX_TOKENS": "99",
+        "REFLECTION_ORACLE_TEMPERATURE": "0.5",  # a float: read when used, not an EnvVar
+        "REFLECTION_DUCKDB": "/data/r.duckdb",
+    }
+    oracle = OracleResource.from_environment(environ)
+    assert oracle.model.env_var_name == "REFLECTION_ORACLE_MODEL"
+    assert oracle.max_tokens.env_var_name == "REFLECTION_ORACLE_MAX_TOKENS"
+    assert oracle.temperature is None and oracle.backend is None
+    judge = JudgeResource.from_environment(environ)
+    assert judge.model.env_var_name == "REFLECTION_JUDGE_MODEL"
+    assert judge.max_tokens.env_var_name == "REFLECTION_ORACLE_MAX_TOKENS"  # the judge falls back
+    storage = StorageResource.from_environment(environ)
+    assert storage.database.env_var_name == "REFLECTION_DUCKDB" and storage.artifacts == ""
