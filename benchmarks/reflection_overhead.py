@@ -76,7 +76,8 @@ def main() -> int:
     from reflection_assets.assets.resources import StorageResource
     from reflection_assets.definitions import defs
     from reflection_assets.method.prompts import instruction_reflection
-    from reflection_assets.runner import ensure_instance, run_record_partitions, sync_dataset_partitions
+    from reflection_assets.dagster_instance import ensure_instance
+    from reflection_assets.runner import run_record_partitions, sync_dataset_partitions
 
     try:
         source = work / "records.json"

@@ -20,7 +20,8 @@ def _storage():
 
 
 def cmd_datasets_add(args: argparse.Namespace) -> int:
-    from reflection_assets.runner import ensure_instance, sync_dataset_partitions
+    from reflection_assets.dagster_instance import ensure_instance
+    from reflection_assets.runner import sync_dataset_partitions
 
     registry = _storage().registry()
     spec = registry.add(
@@ -93,8 +94,9 @@ def cmd_scores(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from reflection_assets.definitions import DATASET_ASSETS, RECORD_ASSETS, defs
-    from reflection_assets.runner import ensure_instance
-    from reflection_assets.status import asset_statuses, oracle_spend, render
+    from reflection_assets.dagster_instance import ensure_instance
+    from reflection_assets.engines.lineage import oracle_spend
+    from reflection_assets.status import asset_statuses, render, unobserved_changes
 
     storage = _storage()
     registry = storage.registry()
@@ -106,7 +108,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     keys = [a.key for a in (*RECORD_ASSETS, *DATASET_ASSETS)]
     for number, spec in enumerate(specs):
         statuses = asset_statuses(instance, defs, spec.name, keys)
-        print(("\n" if number else "") + "\n".join(render(spec.name, statuses, oracle_spend(storage.db(), spec.name))))
+        changes = unobserved_changes(instance, statuses)
+        print(("\n" if number else "") + "\n".join(render(spec.name, statuses, oracle_spend(storage.db(), spec.name), changes)))
     from reflection_assets.run_workers import dead_runs
 
     dead = dead_runs(instance)
@@ -177,8 +180,30 @@ def _recover(instance, quiet_when_nothing: bool) -> None:
         print("nothing to recover: no run in progress has lost its process, no finished run holds a pool slot")
 
 
+def cmd_observe(args: argparse.Namespace) -> int:
+    from reflection_assets.dagster_instance import ensure_instance
+    from reflection_assets.definitions import defs
+    from reflection_assets.runner import observe
+
+    for key, facts in observe(ensure_instance(), defs).items():
+        print(f"{key:<8} fingerprint {facts['fingerprint']}  {facts['backend']} {facts['model']} ({facts['prompt_version']})")
+    return 0
+
+
+def cmd_instance(args: argparse.Namespace) -> int:
+    from reflection_assets.dagster_instance import ensure_instance
+
+    instance = ensure_instance()
+    storage = _storage()
+    where = "PostgreSQL (DAGSTER_PG_URL)" if "postgres" in type(instance.run_storage).__name__.lower() else "SQLite files there"
+    print(f"Dagster instance  {instance.root_directory}: runs, event logs and schedules in {where}")
+    print(f"DuckDB database   {storage.database_path()}")
+    print(f"model artifacts   {storage.artifacts_path()}")
+    return 0
+
+
 def cmd_recover(args: argparse.Namespace) -> int:
-    from reflection_assets.runner import ensure_instance
+    from reflection_assets.dagster_instance import ensure_instance
 
     _recover(ensure_instance(), quiet_when_nothing=False)
     return 0
@@ -187,8 +212,8 @@ def cmd_recover(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from reflection_assets.assets.partitions import DATASETS, RECORD_PARTITIONS
     from reflection_assets.definitions import JOB_FOR_PARTITIONS, defs
+    from reflection_assets.dagster_instance import ensure_instance
     from reflection_assets.runner import (
-        ensure_instance,
         resolve_selection,
         run_dataset_partition,
         run_record_partitions,
@@ -428,6 +453,16 @@ def build_parser() -> argparse.ArgumentParser:
         "one row per record and variant with the stage's outcome and reason",
     )
     export.set_defaults(func=cmd_export)
+
+    observe = sub.add_parser(
+        "observe", help="observe the oracle and the judge now: what changed makes its shards stale"
+    )
+    observe.set_defaults(func=cmd_observe)
+
+    instance = sub.add_parser(
+        "instance", help="write $DAGSTER_HOME/dagster.yaml if needed and say where state lives"
+    )
+    instance.set_defaults(func=cmd_instance)
 
     recover = sub.add_parser(
         "recover",

@@ -3,16 +3,12 @@ Dagster instance and database. `reflection run` and the main job are built on it
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 
 import dagster as dg
 
 from reflection_assets.assets.partitions import DATASETS, SHARDS, record_partition_key
-from reflection_assets.engines.settings import dagster_home
 from reflection_assets.errors import UserError
 from reflection_assets.run_workers import launch_tags
 
@@ -40,19 +36,6 @@ class RunOutcome:
     failed_checks: list[str] = field(default_factory=list)
     check_severity: dict[str, str] = field(default_factory=dict)  # check -> WARN or ERROR
     interrupted: bool = False  # stopped by SIGTERM or Ctrl-C: nothing after it was launched
-
-
-def ensure_instance() -> dg.DagsterInstance:
-    """The instance in $DAGSTER_HOME (default ./dagster_home), created with the project's
-    dagster.yaml when the folder has none."""
-    home = dagster_home()
-    home.mkdir(parents=True, exist_ok=True)
-    os.environ["DAGSTER_HOME"] = str(home)
-    config = home / "dagster.yaml"
-    if not config.exists():
-        template = resources.files("reflection_assets") / "instance" / "dagster.yaml"
-        shutil.copyfile(str(template), config)
-    return dg.DagsterInstance.get()
 
 
 def sync_dataset_partitions(instance: dg.DagsterInstance, names: Sequence[str]) -> None:
@@ -156,18 +139,29 @@ def run_dataset_partition(
     return run_partitions(instance, defs, job_name, keys, [(dataset, dataset, None)], log_level, asset_config)
 
 
+def observe(instance: dg.DagsterInstance, defs: dg.Definitions, raise_on_error: bool = True) -> dict[str, dict]:
+    """Observe the oracle and the judge now: {source: what the observation recorded}."""
+    result = defs.resolve_job_def(OBSERVE_JOB).execute_in_process(
+        instance=instance,
+        raise_on_error=raise_on_error,
+        tags=cli_tags(),
+        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+    )
+    observed = {}
+    for event in result.all_events:
+        if event.event_type_value == "ASSET_OBSERVATION":
+            observation = event.asset_observation_data.asset_observation
+            observed[observation.asset_key.to_user_string()] = {k: v.value for k, v in observation.metadata.items()}
+    return observed
+
+
 def observe_sources(instance: dg.DagsterInstance, defs: dg.Definitions, keys: Sequence[dg.AssetKey]) -> None:
     """Observe the oracle and the judge before runs that call them, so each materialization's
     provenance names the oracle version it used (a stage cannot observe its own input before
     Dagster records what it read). A settings error is left for the run itself to report."""
     graph = defs.resolve_asset_graph()
     if any(graph.get(parent).is_observable for key in keys for parent in graph.get(key).parent_keys):
-        defs.resolve_job_def(OBSERVE_JOB).execute_in_process(
-            instance=instance,
-            raise_on_error=False,
-            tags=cli_tags(),
-            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
-        )
+        observe(instance, defs, raise_on_error=False)
 
 
 def run_partitions(

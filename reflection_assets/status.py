@@ -11,7 +11,6 @@ import dagster as dg
 
 from reflection_assets.assets.partitions import DATASETS, SHARDS, record_partition_key
 from reflection_assets.dagster_private import AssetPartitionStatus, StaleCauseCategory, StaleStatus, stale_resolver
-from reflection_assets.engines.storage import Database
 
 ORACLE_KEYS = {"oracle": "oracle changed", "judge": "judge changed"}
 
@@ -79,24 +78,36 @@ def asset_statuses(instance: dg.DagsterInstance, defs: dg.Definitions, dataset: 
     return statuses
 
 
-def oracle_spend(db: Database, dataset: str) -> list[tuple[str, int, int, float]]:
-    """(stage, calls answered, tokens, cost) behind the current rows of each reflection
-    stage and the latest benchmark's judging; a reply shared by several records counts once."""
-    with db.connect() as con:
-        reflection = con.execute(
-            "SELECT stage, count(DISTINCT request_key) FILTER (WHERE answered_at IS NOT NULL), "
-            "coalesce(sum(prompt_tokens + completion_tokens), 0), coalesce(sum(cost_usd), 0) "
-            "FROM (SELECT DISTINCT stage, request_key, answered_at, prompt_tokens, completion_tokens, cost_usd "
-            "      FROM lineage.oracle_calls WHERE dataset = ?) GROUP BY 1 ORDER BY 1",
-            [dataset],
-        ).fetchall()
-        judge = con.execute(
-            "SELECT 'judge (latest benchmark)', count(*), coalesce(sum(o.prompt_tokens + o.completion_tokens), 0), "
-            "coalesce(sum(o.cost_usd), 0) FROM (SELECT DISTINCT j.request_key FROM bench.judge_calls j "
-            "JOIN bench.latest l USING (run_id) WHERE l.dataset = ?) k JOIN oracle.replies o USING (request_key)",
-            [dataset],
-        ).fetchall()
-    return [tuple(r) for r in reflection] + [tuple(r) for r in judge if r[1]]
+@dataclass(frozen=True)
+class UnobservedChange:
+    """The oracle or judge settings the code location would use now differ from what was
+    last observed: nothing is stale yet, but the next observation makes `affected`
+    materialized partitions of `asset` stale, and the automation re-runs them."""
+
+    source: str  # oracle, judge
+    observed: str | None  # the fingerprint last observed (None: never observed)
+    current: str
+    asset: str
+    affected: int
+
+
+def unobserved_changes(instance: dg.DagsterInstance, statuses: Sequence[AssetStatus]) -> list[UnobservedChange]:
+    from reflection_assets.assets.resources import JudgeResource, OracleResource
+    from reflection_assets.method.profiles import judge_version, reflection_version
+
+    materialized = {s.asset: s.materialized for s in statuses}
+    changes = []
+    for source, resource, version_of, asset in (
+        ("oracle", OracleResource(), reflection_version, "reflected_instructions"),
+        ("judge", JudgeResource(), judge_version, "benchmark_scores"),
+    ):
+        settings = resource.settings()
+        current = settings.fingerprint(version_of(settings.prompt_profile))
+        record = instance.get_latest_data_version_record(dg.AssetKey(source), is_source=True)
+        observed = record.asset_observation.data_version if record and record.asset_observation else None
+        if observed is not None and observed != current:
+            changes.append(UnobservedChange(source, observed, current, asset, materialized.get(asset, 0)))
+    return changes
 
 
 def _listed(labels: Sequence[str], limit: int = 8) -> str:
@@ -104,8 +115,21 @@ def _listed(labels: Sequence[str], limit: int = 8) -> str:
     return shown + (f" and {len(labels) - limit} more" if len(labels) > limit else "")
 
 
-def render(dataset: str, statuses: Sequence[AssetStatus], spend: Sequence[tuple[str, int, int, float]]) -> list[str]:
+def render(
+    dataset: str,
+    statuses: Sequence[AssetStatus],
+    spend: Sequence[tuple[str, int, int, float]],
+    changes: Sequence[UnobservedChange] = (),
+) -> list[str]:
     lines = [f"dataset {dataset}"]
+    for change in changes:
+        lines.append(
+            f"  {change.source} settings changed, not yet observed ({change.observed} -> {change.current}): "
+            f"{change.affected} {'shard' if change.asset != 'benchmark_scores' else 'partition'}"
+            f"{'s' if change.affected != 1 else ''} of {change.asset} will be re-"
+            f"{'recycled' if change.source == 'oracle' else 'scored'} once observed "
+            "(`reflection observe`, or the nightly schedule)"
+        )
     width = max(len(s.asset) for s in statuses)
     for s in statuses:
         stale = len(s.stale)

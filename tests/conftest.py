@@ -8,7 +8,6 @@ import os
 os.environ.setdefault("REFLECTION_SHARDS", "4")
 
 import json  # noqa: E402
-import shutil  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import dagster as dg  # noqa: E402
@@ -19,11 +18,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A temporary DAGSTER_HOME holding the project's dagster.yaml; the database and
-    artifacts live inside it, as they do by default."""
+    """A temporary DAGSTER_HOME holding the dagster.yaml the package writes (SQLite); the
+    database and artifacts live inside it, as they do by default."""
+    from reflection_assets.dagster_instance import write_instance_config
+
     home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copyfile(REPO / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
+    monkeypatch.delenv("DAGSTER_PG_URL", raising=False)
+    write_instance_config(home)
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     monkeypatch.delenv("REFLECTION_DUCKDB", raising=False)
     monkeypatch.delenv("REFLECTION_ARTIFACTS", raising=False)

@@ -18,6 +18,8 @@ from reflection_assets.engines.oracle.client import OracleClient
 from reflection_assets.engines.reflection import PhaseResult, prompt_version, reflect_instructions, reflect_responses
 from reflection_assets.engines.reflection_store import (
     instruction_reflected_pairs,
+    recycled_summary,
+    shard_health,
     raw_pairs,
     write_instruction_results,
     write_recycled,
@@ -102,15 +104,11 @@ def _repair(config: ReflectionConfig, client: OracleClient) -> bool:
 
 
 def _health_checks(
-    db: Database, view: str, dataset: str, shard: int, config: ReflectionConfig, client: OracleClient
+    db: Database, stage: str, dataset: str, shard: int, config: ReflectionConfig, client: OracleClient
 ) -> list[dg.AssetCheckResult]:
-    with db.connect() as con:
-        row = con.execute(
-            f"SELECT rows, ok, empty_replacements, mixed_pairs FROM {view} WHERE dataset = ? AND shard = ?",
-            [dataset, shard],
-        ).fetchone()
-    rows, ok, empty, mixed = row or (0, 0, 0, 0)
-    share = ok / rows if rows else 1.0
+    health = shard_health(db, stage, dataset, shard)
+    empty, mixed = health.empty_replacements, health.mixed_pairs
+    share = health.ok / health.rows if health.rows else 1.0
     severity = config.ok_share_severity
     if severity == "auto":
         severity = "WARN" if client.settings.backend == "local" else "ERROR"
@@ -172,7 +170,7 @@ def reflected_instructions(
     )
     return dg.MaterializeResult(
         metadata=metadata,
-        check_results=_health_checks(db, "reflect.instruction_health", dataset, shard, config, client),
+        check_results=_health_checks(db, "instructions", dataset, shard, config, client),
     )
 
 
@@ -211,7 +209,7 @@ def reflected_responses(
     metadata["variants"] = sorted(variants)
     return dg.MaterializeResult(
         metadata=metadata,
-        check_results=_health_checks(db, "reflect.response_health", dataset, shard, config, client),
+        check_results=_health_checks(db, "responses", dataset, shard, config, client),
     )
 
 
@@ -237,30 +235,14 @@ def recycled_dataset(
     db = storage.db()
     with user_errors_fail_the_step():
         rows = write_recycled(db, dataset, shard, config.mode)
-    with db.connect() as con:
-        provenance = dict(
-            con.execute(
-                "SELECT provenance, count(*) FROM reflect.recycled WHERE dataset = ? AND shard = ? GROUP BY 1",
-                [dataset, shard],
-            ).fetchall()
-        )
-        preview = con.execute(
-            "SELECT record_id, provenance, instruction, input, output FROM reflect.recycled "
-            "WHERE dataset = ? AND shard = ? ORDER BY provenance DESC, record_id LIMIT 5",
-            [dataset, shard],
-        ).pl()
-        lengths = con.execute(
-            "SELECT round(avg(length(instruction)), 1), round(avg(length(output)), 1) FROM reflect.recycled "
-            "WHERE dataset = ? AND shard = ?",
-            [dataset, shard],
-        ).fetchone()
+    summary = recycled_summary(db, dataset, shard)
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": rows,
             "mode": config.mode,
-            "provenance": provenance,
-            "mean_chars": {"instruction": lengths[0] or 0.0, "output": lengths[1] or 0.0},
-            "preview": markdown_table(preview),
+            "provenance": summary.provenance,
+            "mean_chars": summary.mean_chars,
+            "preview": markdown_table(summary.preview),
             "dagster/column_lineage": dg.TableColumnLineage(
                 deps_by_column={
                     "instruction": [

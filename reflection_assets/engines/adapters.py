@@ -16,6 +16,7 @@ import polars as pl
 
 from reflection_assets.engines.storage import Database
 from reflection_assets.engines.student import TrainConfig, TrainingError, train_adapter
+from reflection_assets.method.digests import json_digest
 
 VARIANT_SOURCES = {"baseline": "raw.records", "recycled": "reflect.recycled"}
 
@@ -62,8 +63,7 @@ def data_fingerprint(rows: list[tuple[str, str, str, str]]) -> str:
 
 
 def adapter_id_for(variant: str, fingerprint: str, config: TrainConfig) -> str:
-    payload = json.dumps([variant, fingerprint, config.as_dict()], sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+    return json_digest([variant, fingerprint, config.as_dict()], ascii=True)
 
 
 def find_adapter(db: Database, adapter_id: str) -> dict[str, object] | None:

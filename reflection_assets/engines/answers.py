@@ -5,7 +5,6 @@ held-out reference answers (cached by a key of the model and the rows)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -18,6 +17,7 @@ from reflection_assets.engines.adapters import VARIANT_SOURCES, held_out
 from reflection_assets.engines.storage import Database
 from reflection_assets.engines.testsets import TestPrompt
 from reflection_assets.errors import UserError
+from reflection_assets.method.digests import json_digest
 
 Log = Callable[[str], None]
 
@@ -33,11 +33,8 @@ class GenerationSettings:
     dtype: str = "auto"  # auto: bfloat16 where the hardware has it
 
     def key(self, layout: str, resolved_dtype: str) -> str:
-        payload = json.dumps(
-            {"decoding": "greedy", "max_new_tokens": self.max_new_tokens, "dtype": resolved_dtype, "layout": layout},
-            sort_keys=True,
-        )
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+        settings = {"decoding": "greedy", "max_new_tokens": self.max_new_tokens, "dtype": resolved_dtype, "layout": layout}
+        return json_digest(settings, ascii=True)
 
 
 @dataclass(frozen=True)
@@ -231,8 +228,7 @@ def heldout_references(db: Database, dataset: str, models: Sequence[Model], frac
 
 
 def _loss_key(model: Model, reference: str, rows: Sequence[tuple], precision: str) -> str:
-    payload = json.dumps([model.key, reference, precision, [list(r) for r in rows]], ensure_ascii=False)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+    return json_digest([model.key, reference, precision, [list(r) for r in rows]], ascii=False)
 
 
 def heldout_loss(

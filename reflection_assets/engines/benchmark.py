@@ -8,7 +8,6 @@ model and sends no request."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -30,6 +29,7 @@ from reflection_assets.engines.answers import (
 from reflection_assets.engines.oracle.client import OracleClient
 from reflection_assets.engines.storage import Database
 from reflection_assets.engines.testsets import TestPrompt
+from reflection_assets.method.digests import json_digest
 from reflection_assets.method.judging import (
     COMPACT_JUDGE_VERSION,
     JUDGE_PROMPT_VERSION,
@@ -240,7 +240,7 @@ def summarise(outcomes: pl.DataFrame) -> pl.DataFrame:
 
 
 def _digest(payload: object) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
+    return json_digest(payload, ascii=False)
 
 
 def run_benchmark(

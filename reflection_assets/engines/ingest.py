@@ -4,9 +4,8 @@ shards are materialized; a file that fails to parse writes nothing."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
+
 import polars as pl
 
 from reflection_assets.engines.datasets import DatasetSpec
@@ -18,6 +17,7 @@ from reflection_assets.engines.sources import (
     resolve_source,
 )
 from reflection_assets.engines.storage import Database
+from reflection_assets.method.digests import json_digest
 from reflection_assets.method.records import (
     NORMALIZATION_VERSION,
     Record,
@@ -100,11 +100,7 @@ def stage_version(
         raise SourceError(f"{path}: no such file or folder (dataset {spec.name!r})")
     fmt = spec.format or detect_format(path)
     sha = fingerprint_source(path)
-    settings = json.dumps(
-        [sha, fmt, spec.field_map, shard_count, max_record_chars, NORMALIZATION_VERSION],
-        sort_keys=True,
-    )
-    version = hashlib.sha256(settings.encode()).hexdigest()[:16]
+    version = json_digest([sha, fmt, spec.field_map, shard_count, max_record_chars, NORMALIZATION_VERSION], ascii=True)
     with db.connect() as con:
         row = con.execute(
             "SELECT rows_read FROM raw.source_versions WHERE dataset = ? AND version = ?",

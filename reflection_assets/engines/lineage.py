@@ -53,3 +53,23 @@ def record_lineage(db: Database, record_id: str, dataset: str | None = None) -> 
         scope = f" in dataset {dataset!r}" if dataset else ""
         raise LineageError(f"no record {record_id!r}{scope}: ids are in raw.records (see `reflection export --stage raw`)")
     return result
+
+
+def oracle_spend(db: Database, dataset: str) -> list[tuple[str, int, int, float]]:
+    """(stage, calls answered, tokens, cost) behind the current rows of each reflection
+    stage and the latest benchmark's judging; a reply shared by several records counts once."""
+    with db.connect() as con:
+        reflection = con.execute(
+            "SELECT stage, count(DISTINCT request_key) FILTER (WHERE answered_at IS NOT NULL), "
+            "coalesce(sum(prompt_tokens + completion_tokens), 0), coalesce(sum(cost_usd), 0) "
+            "FROM (SELECT DISTINCT stage, request_key, answered_at, prompt_tokens, completion_tokens, cost_usd "
+            "      FROM lineage.oracle_calls WHERE dataset = ?) GROUP BY 1 ORDER BY 1",
+            [dataset],
+        ).fetchall()
+        judge = con.execute(
+            "SELECT 'judge (latest benchmark)', count(*), coalesce(sum(o.prompt_tokens + o.completion_tokens), 0), "
+            "coalesce(sum(o.cost_usd), 0) FROM (SELECT DISTINCT j.request_key FROM bench.judge_calls j "
+            "JOIN bench.latest l USING (run_id) WHERE l.dataset = ?) k JOIN oracle.replies o USING (request_key)",
+            [dataset],
+        ).fetchall()
+    return [tuple(r) for r in reflection] + [tuple(r) for r in judge if r[1]]

@@ -34,20 +34,13 @@ from reflection_assets.method.prompts import (
     repair,
     response_reflection,
 )
+from reflection_assets.method.records import Record
 from reflection_assets.method.requests import Message
 
 
 @dataclass(frozen=True)
-class Pair:
-    record_id: str
-    instruction: str
-    input: str
-    output: str
-
-
-@dataclass(frozen=True)
 class PhaseResult:
-    pair: Pair
+    pair: Record
     request_key: str
     repair_key: str | None
     outcome: str
@@ -86,8 +79,8 @@ def _usage(*replies: OracleReply | None) -> tuple[int, int, float]:
 
 def run_phase(
     client: OracleClient,
-    pairs: Sequence[Pair],
-    build: Callable[[Pair], list[Message]],
+    pairs: Sequence[Record],
+    build: Callable[[Record], list[Message]],
     sections: tuple[str, ...],
     repair_failures: bool = True,
     prompt_version: str | None = None,
@@ -161,7 +154,7 @@ def _parsed_continuations(client, requests, section: str, originals: Sequence[st
     return out
 
 
-def _compact_result(pair: Pair, keys: list[str], answers: list[tuple[OracleReply, Parsed]], sections: tuple[str, ...]) -> PhaseResult:
+def _compact_result(pair: Record, keys: list[str], answers: list[tuple[OracleReply, Parsed]], sections: tuple[str, ...]) -> PhaseResult:
     """One record's result from its compact calls (one per section, in order; fewer when an
     earlier one failed and the rest were not asked)."""
     failed = next(((name, parsed) for name, (_, parsed) in zip(sections, answers) if not parsed.ok), None)
@@ -188,7 +181,7 @@ def _compact_result(pair: Pair, keys: list[str], answers: list[tuple[OracleReply
     )
 
 
-def compact_instructions(client: OracleClient, pairs: Sequence[Pair]) -> list[PhaseResult]:
+def compact_instructions(client: OracleClient, pairs: Sequence[Record]) -> list[PhaseResult]:
     """Phase 1, compact: every new instruction first (the record's input folded in when the
     model left it out), then the answers of those that parsed."""
     build = compact_prompts.instruction_messages
@@ -219,7 +212,7 @@ def compact_instructions(client: OracleClient, pairs: Sequence[Pair]) -> list[Ph
     return results
 
 
-def compact_responses(client: OracleClient, pairs: Sequence[Pair]) -> list[PhaseResult]:
+def compact_responses(client: OracleClient, pairs: Sequence[Record]) -> list[PhaseResult]:
     """Phase 2, compact: a better answer per pair; repeating the old answer is not one."""
     build = compact_prompts.response_messages
     requests = _continuation_requests(client, [build(p.instruction, p.input, p.output) for p in pairs], BETTER_ANSWER)
@@ -230,28 +223,18 @@ def compact_responses(client: OracleClient, pairs: Sequence[Pair]) -> list[Phase
     ]
 
 
-def reflect_instructions(client: OracleClient, pairs: Sequence[Pair], repair_failures: bool = True) -> list[PhaseResult]:
+def _reflect(client: OracleClient, pairs: Sequence[Record], compact, paper_prompt, sections, repair_failures: bool):
+    if client.settings.prompt_profile == COMPACT:
+        return compact(client, pairs)
+    build = lambda p: paper_prompt(p.instruction, p.input, p.output)  # noqa: E731
+    return run_phase(client, pairs, build, sections, repair_failures)
+
+
+def reflect_instructions(client: OracleClient, pairs: Sequence[Record], repair_failures: bool = True) -> list[PhaseResult]:
     """Phase 1: a new instruction and its answer, both or neither."""
-    if client.settings.prompt_profile == COMPACT:
-        return compact_instructions(client, pairs)
-    return run_phase(
-        client,
-        pairs,
-        lambda p: instruction_reflection(p.instruction, p.input, p.output),
-        INSTRUCTION_SECTIONS,
-        repair_failures,
-    )
+    return _reflect(client, pairs, compact_instructions, instruction_reflection, INSTRUCTION_SECTIONS, repair_failures)
 
 
-def reflect_responses(client: OracleClient, pairs: Sequence[Pair], repair_failures: bool = True) -> list[PhaseResult]:
+def reflect_responses(client: OracleClient, pairs: Sequence[Record], repair_failures: bool = True) -> list[PhaseResult]:
     """Phase 2: a better answer for the pair as it stands."""
-    if client.settings.prompt_profile == COMPACT:
-        return compact_responses(client, pairs)
-    return run_phase(
-        client,
-        pairs,
-        lambda p: response_reflection(p.instruction, p.input, p.output),
-        RESPONSE_SECTIONS,
-        repair_failures,
-    )
-
+    return _reflect(client, pairs, compact_responses, response_reflection, RESPONSE_SECTIONS, repair_failures)

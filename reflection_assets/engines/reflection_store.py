@@ -3,9 +3,12 @@ transaction: a shard's rows are replaced whole or not at all."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import polars as pl
 
-from reflection_assets.engines.reflection import Pair, PhaseResult
+from reflection_assets.engines.reflection import PhaseResult
+from reflection_assets.method.records import Record
 from reflection_assets.engines.storage import Database
 from reflection_assets.errors import UserError
 from reflection_assets.method.prompts import BETTER_ANSWER, NEW_ANSWER, NEW_INSTRUCTION
@@ -18,17 +21,17 @@ class ReflectionInputError(UserError):
     """An upstream stage is missing for this shard. The message says what to run."""
 
 
-def raw_pairs(db: Database, dataset: str, shard: int) -> list[Pair]:
+def raw_pairs(db: Database, dataset: str, shard: int) -> list[Record]:
     with db.connect() as con:
         rows = con.execute(
             "SELECT record_id, instruction, input, output FROM raw.records "
             "WHERE dataset = ? AND shard = ? ORDER BY record_id",
             [dataset, shard],
         ).fetchall()
-    return [Pair(*row) for row in rows]
+    return [Record(*row) for row in rows]
 
 
-def instruction_reflected_pairs(db: Database, dataset: str, shard: int) -> tuple[list[Pair], set[str]]:
+def instruction_reflected_pairs(db: Database, dataset: str, shard: int) -> tuple[list[Record], set[str]]:
     """The pairs phase 1 produced (the original where it kept it), and which were replaced."""
     with db.connect() as con:
         missing = con.execute(
@@ -56,7 +59,7 @@ def instruction_reflected_pairs(db: Database, dataset: str, shard: int) -> tuple
             """,
             [dataset, shard],
         ).fetchall()
-    return [Pair(*row[:4]) for row in rows], {row[0] for row in rows if row[4]}
+    return [Record(*row[:4]) for row in rows], {row[0] for row in rows if row[4]}
 
 
 def _replace_shard(
@@ -189,3 +192,53 @@ RESPONSE_SCHEMA = {
     "input": pl.Utf8,
     "better_output": pl.Utf8,
 }
+
+
+@dataclass(frozen=True)
+class ShardHealth:
+    rows: int
+    ok: int
+    empty_replacements: int
+    mixed_pairs: int
+
+
+HEALTH_VIEWS = {"instructions": "reflect.instruction_health", "responses": "reflect.response_health"}
+
+
+def shard_health(db: Database, stage: str, dataset: str, shard: int) -> ShardHealth:
+    """What the reflection stages' checks look at, for one shard (`stage`: instructions or
+    responses)."""
+    with db.connect() as con:
+        row = con.execute(
+            f"SELECT rows, ok, empty_replacements, mixed_pairs FROM {HEALTH_VIEWS[stage]} WHERE dataset = ? AND shard = ?",
+            [dataset, shard],
+        ).fetchone()
+    return ShardHealth(*(row or (0, 0, 0, 0)))
+
+
+@dataclass(frozen=True)
+class RecycledSummary:
+    provenance: dict[str, int]
+    preview: pl.DataFrame  # the first rows, reflected ones first
+    mean_chars: dict[str, float]
+
+
+def recycled_summary(db: Database, dataset: str, shard: int, preview_rows: int = 5) -> RecycledSummary:
+    with db.connect() as con:
+        provenance = dict(
+            con.execute(
+                "SELECT provenance, count(*) FROM reflect.recycled WHERE dataset = ? AND shard = ? GROUP BY 1",
+                [dataset, shard],
+            ).fetchall()
+        )
+        preview = con.execute(
+            "SELECT record_id, provenance, instruction, input, output FROM reflect.recycled "
+            "WHERE dataset = ? AND shard = ? ORDER BY provenance DESC, record_id LIMIT ?",
+            [dataset, shard, preview_rows],
+        ).pl()
+        lengths = con.execute(
+            "SELECT round(avg(length(instruction)), 1), round(avg(length(output)), 1) FROM reflect.recycled "
+            "WHERE dataset = ? AND shard = ?",
+            [dataset, shard],
+        ).fetchone()
+    return RecycledSummary(provenance, preview, {"instruction": lengths[0] or 0.0, "output": lengths[1] or 0.0})

@@ -200,6 +200,19 @@ def read_hf_saved(path: Path) -> Iterator[SourceRow]:
     yield from enumerate(loaded.to_list(), start=1)
 
 
+def read_json_rows(path: Path) -> tuple[list[SourceRow], str]:
+    """The rows of a JSON array (or an object wrapping one) or of a JSON Lines file, told
+    apart by the content, not the extension, and what their numbers count: `item` or
+    `line`. For files whose layout is not a dataset's (test sets)."""
+    if not path.exists():
+        raise SourceError(f"{path}: no such file")
+    try:
+        array = _decode(path, path.read_bytes()).lstrip().startswith("[")
+        return (list(read_json_array(path)), "item") if array else (list(read_jsonl(path)), "line")
+    except OSError as exc:
+        raise SourceError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+
+
 READERS = {
     "json": read_json_array,
     "jsonl": read_jsonl,

@@ -4,16 +4,15 @@ registered by name like datasets (registry.testsets)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from reflection_assets.engines.datasets import NAME_PATTERN
-from reflection_assets.engines.sources import BUNDLED_PREFIX, SourceError, resolve_source
+from reflection_assets.engines.sources import BUNDLED_PREFIX, SourceError, read_json_rows, resolve_source
 from reflection_assets.engines.storage import Database
 from reflection_assets.errors import UserError
+from reflection_assets.method.digests import text_digest
 
 BUNDLED_TESTSET = "bundled"  # always available: the package's evaluation prompts
 BUNDLED_TESTSET_SOURCE = BUNDLED_PREFIX + "eval_prompts"
@@ -36,7 +35,7 @@ class TestPrompt:
 
     @property
     def prompt_hash(self) -> str:
-        return hashlib.sha256(self.text.encode("utf-8")).hexdigest()[:16]
+        return text_digest(self.text, 16)
 
 
 Reader = Callable[[dict, str], TestPrompt]
@@ -113,35 +112,18 @@ FORMATS: dict[str, tuple[str, Reader]] = {
 
 
 def _rows(path: Path) -> tuple[list[tuple[int, dict]], str]:
-    """(line or item number, object) pairs from a JSON array or JSON Lines file, and which
-    of the two the numbers count."""
+    """(line or item number, object) pairs from a JSON array or JSON Lines file (the dataset
+    readers'), and which of the two the numbers count."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TestsetError(f"{path}: cannot read it ({exc})") from None
-    if text.lstrip().startswith("["):
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise TestsetError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
-        rows = list(enumerate(items, start=1))
-        label = "item"
-    else:
-        rows = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append((number, json.loads(line)))
-            except json.JSONDecodeError as exc:
-                raise TestsetError(f"{path}, line {number}: not valid JSON ({exc.msg}); expected one object per line") from None
-        label = "line"
+        rows, label = read_json_rows(path)
+    except SourceError as exc:
+        raise TestsetError(str(exc)) from None
     for number, row in rows:
         if not isinstance(row, dict):
             raise TestsetError(f"{path}, {label} {number}: expected a JSON object, found {type(row).__name__}")
     if not rows:
         raise TestsetError(f"{path}: no prompts in it")
-    return rows, label
+    return rows, label  # type: ignore[return-value]
 
 
 def detect_format(row: dict, path: Path) -> str:

@@ -3,11 +3,12 @@ with a stable id and shard, or into a reason why it cannot be used. Pure: no I/O
 
 from __future__ import annotations
 
-import hashlib
 import re
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+from reflection_assets.method.digests import text_digest
 
 # Bumped whenever normalize_text or record_id change meaning: it is part of the key under
 # which a parsed source is cached, so a change re-parses instead of mixing old and new ids.
@@ -43,10 +44,13 @@ class RejectReason:
 
 @dataclass(frozen=True, slots=True)
 class Record:
+    """One instruction/response pair with its stable id: what ingestion makes of a source
+    row, and what each reflection phase reads and rewrites."""
+
+    record_id: str
     instruction: str
     input: str
     output: str
-    record_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,8 +66,7 @@ def normalize_text(text: str) -> str:
 
 def record_id(instruction: str, input_text: str, output: str) -> str:
     """A stable 16-hex-digit id: sha256 of the normalized fields, unit-separated."""
-    payload = "\x1f".join((instruction, input_text, output)).encode("utf-8")
-    return hashlib.sha256(payload).hexdigest()[:16]
+    return text_digest("\x1f".join((instruction, input_text, output)), 16)
 
 
 def shard_of(identifier: str, shard_count: int) -> int:
@@ -73,8 +76,7 @@ def shard_of(identifier: str, shard_count: int) -> int:
 
 def reject_shard(source_row: int, shard_count: int) -> int:
     """Rows without an id still belong to one shard, so each shard reports its rejects."""
-    digest = hashlib.sha256(f"row:{source_row}".encode()).hexdigest()
-    return shard_of(digest, shard_count)
+    return shard_of(text_digest(f"row:{source_row}"), shard_count)
 
 
 def shard_keys(shard_count: int) -> list[str]:
@@ -165,8 +167,8 @@ def to_record(
             RejectReason.TOO_LONG, f"{size} characters, over the limit of {max_record_chars}"
         )
     return Record(
+        record_id(texts["instruction"], texts["input"], texts["output"]),
         texts["instruction"],
         texts["input"],
         texts["output"],
-        record_id(texts["instruction"], texts["input"], texts["output"]),
     )

@@ -3,16 +3,15 @@ fingerprint of the settings that change replies. Pure: no I/O."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
+
+from reflection_assets.method.digests import json_digest
 
 Message = tuple[str, str]  # (role, content)
 
 
 def _digest(payload: object) -> str:
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return json_digest(payload, ascii=False, compact=True, length=64)
 
 
 @dataclass(frozen=True, slots=True)

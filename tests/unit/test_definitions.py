@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
 from reflection_assets.definitions import defs
 
@@ -58,12 +59,35 @@ def test_every_duckdb_writer_is_in_the_duckdb_pool():
             assert node["pool"] == "duckdb", key
 
 
-def test_instance_yaml_serializes_writers_and_frees_slots(tmp_path):
+def test_instance_yaml_serializes_writers_and_frees_slots(tmp_path, monkeypatch):
+    from reflection_assets.dagster_instance import write_instance_config
+
     home = tmp_path / "home"
-    home.mkdir()
-    (home / "dagster.yaml").write_text((REPO / "dagster_home" / "dagster.yaml").read_text())
+    monkeypatch.delenv("DAGSTER_PG_URL", raising=False)
+    write_instance_config(home)
     instance = dg.DagsterInstance.from_config(str(home))
     assert instance.telemetry_enabled is False
     assert instance.global_op_concurrency_default_limit == 1
     assert instance.run_monitoring_enabled
     assert instance.run_monitoring_settings["free_slots_after_run_end_seconds"] > 0
+
+
+def test_the_instance_yaml_follows_dagster_pg_url(tmp_path, monkeypatch):
+    from reflection_assets.dagster_instance import write_instance_config
+    from reflection_assets.errors import SettingsError
+
+    home = tmp_path / "home"
+    monkeypatch.delenv("DAGSTER_PG_URL", raising=False)
+    config, postgres = write_instance_config(home)
+    assert not postgres and "postgres" not in config.read_text().split("\n", 1)[1]
+    monkeypatch.setenv("DAGSTER_PG_URL", "postgresql://u:secret@db.example:5432/dagster")
+    config, postgres = write_instance_config(home)  # ours: rewritten for the storage asked for
+    text = config.read_text()
+    assert postgres and "env: DAGSTER_PG_URL" in text and "secret" not in text
+    assert "run_launcher:" in text and "default_limit: 1" in text  # the rest of the template
+    config.write_text("# someone's own\ntelemetry:\n  enabled: false\n")
+    assert write_instance_config(home) == (config, False)  # someone else's file is left alone
+    assert config.read_text().startswith("# someone's own")
+    monkeypatch.setenv("DAGSTER_PG_URL", "mysql://nope")
+    with pytest.raises(SettingsError, match="expected a postgresql:// URL"):
+        write_instance_config(tmp_path / "other")

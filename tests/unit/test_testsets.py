@@ -79,7 +79,7 @@ def test_the_bundled_prompts():
 @pytest.mark.parametrize(
     "content, fmt, message",
     [
-        ('{"question_id": 1, "text": "ok"}\n{"question_id": 2, "text": ', None, r"set.jsonl, line 2: not valid JSON"),
+        ('{"question_id": 1, "text": "ok"}\n{"question_id": 2, "text": ', None, r"set.jsonl: line 2, column 28: not valid JSON .*expected one JSON object per line"),
         ('{"question_id": 1, "text": "ok"}\n{"question_id": 2, "text": ""}\n', None,
          r"set.jsonl, line 2 \(vicuna\): expected a non-empty string in 'text'"),
         ('{"question_id": 1, "text": "ok"}\n[1, 2]\n', None, r"set.jsonl, line 2: expected a JSON object, found list"),
@@ -111,7 +111,7 @@ def test_registry(tmp_path):
         registry.add(BUNDLED_TESTSET, path)
     broken = tmp_path / "broken.jsonl"
     broken.write_text("{oops\n")
-    with pytest.raises(TestsetError, match="broken.jsonl, line 1"):
+    with pytest.raises(TestsetError, match="broken.jsonl: line 1, column"):
         registry.add("broken", str(broken))
     assert [s.name for s in registry.list()] == [BUNDLED_TESTSET, "koala"]  # nothing half-registered
     with pytest.raises(TestsetError, match="no such file"):

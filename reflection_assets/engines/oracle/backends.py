@@ -8,6 +8,7 @@ import asyncio
 import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Protocol
 
 import openai
 
@@ -15,6 +16,20 @@ from reflection_assets.engines.oracle.limits import parse_retry_after
 from reflection_assets.engines.oracle.replies import BackendError, BackendReply
 from reflection_assets.engines.oracle.settings import OracleSettings
 from reflection_assets.method.requests import YES_SCORE, OracleRequest
+
+class Backend(Protocol):
+    """What the client needs of a backend: how many requests it wants in flight, an async
+    context for its session (a connection pool, a loaded model), and one request answered
+    (or a BackendError)."""
+
+    concurrency: int
+
+    async def __aenter__(self) -> "Backend": ...
+
+    async def __aexit__(self, *exc: object) -> None: ...
+
+    async def complete(self, request: OracleRequest) -> BackendReply: ...
+
 
 _KEY_LIKE = re.compile(r"\b(sk|key|api)[-_][A-Za-z0-9*_\-]{6,}", re.IGNORECASE)
 TRANSIENT_STATUSES = {408, 409, 425, 429}
@@ -299,7 +314,7 @@ class LocalBackend:
         ]
 
 
-def make_backend(settings: OracleSettings, artifacts: str | Path) -> OpenAIBackend | LocalBackend:
+def make_backend(settings: OracleSettings, artifacts: str | Path) -> Backend:
     if settings.backend == "openai":
         return OpenAIBackend(settings)
     return LocalBackend(settings, artifacts)

@@ -18,11 +18,11 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from reflection_assets.engines.oracle.backends import make_backend
+from reflection_assets.engines.oracle.backends import Backend, make_backend
 from reflection_assets.engines.oracle.cache import CacheWriter, OracleCache
 from reflection_assets.engines.oracle.limits import AdaptiveConcurrency, TokenBucket, backoff_delay
 from reflection_assets.engines.oracle.pricing import cost_usd, price_for
-from reflection_assets.engines.oracle.replies import BackendError, ErrorKind, OracleReply
+from reflection_assets.engines.oracle.replies import BackendError, BackendReply, ErrorKind, OracleReply
 from reflection_assets.engines.oracle.settings import OracleSettings
 from reflection_assets.engines.storage import Database
 from reflection_assets.method.requests import Message, OracleRequest
@@ -63,7 +63,7 @@ class OracleClient:
         db: Database,
         artifacts: str | Path,
         log: logging.Logger | None = None,
-        backend: object | None = None,
+        backend: Backend | None = None,
     ):
         self.settings = settings
         self.cache = OracleCache(db)
@@ -130,7 +130,7 @@ class OracleClient:
 
         def run() -> None:
             try:
-                asyncio.run(self._send_all(pending, writer, cancel))
+                asyncio.run(_Sender(self, pending, writer, cancel).run())
             except BaseException as exc:
                 failure.append(exc)
             finally:
@@ -151,116 +151,6 @@ class OracleClient:
         if failure:
             raise failure[0]
 
-    async def _send_all(self, pending: list[OracleRequest], writer: CacheWriter, cancel: threading.Event) -> None:
-        settings = self.settings
-        concurrency = getattr(self.backend, "concurrency", settings.max_concurrency)
-        limiter = AdaptiveConcurrency(concurrency)
-        rpm = TokenBucket(settings.rpm) if settings.rpm else None
-        tpm = TokenBucket(settings.tpm) if settings.tpm else None
-        work: asyncio.Queue[OracleRequest] = asyncio.Queue()
-        # Short prompts first lets the local backend batch similar lengths together.
-        for request in sorted(pending, key=OracleRequest.prompt_chars):
-            work.put_nowait(request)
-        progress = _Progress(len(pending), self, limiter)
-        reserved = [0.0]  # worst-case cost of requests in flight, for the budget
-
-        async def one(request: OracleRequest) -> None:
-            attempt = 0
-            while True:
-                worst = cost_usd(self.price, request.prompt_chars() // 4, settings.max_tokens)
-                if settings.budget_usd is not None and (
-                    self.budget_exhausted
-                    or self.stats.cost_usd + reserved[0] + worst > settings.budget_usd
-                ):
-                    if not self.budget_exhausted:
-                        self.log.warning(
-                            f"oracle: budget of ${settings.budget_usd:.2f} reached "
-                            f"(${self.stats.cost_usd:.4f} spent, all replies kept); "
-                            "no further requests are sent"
-                        )
-                    self.budget_exhausted = True
-                    self.stats.budget_stopped += 1
-                    writer.add(request, self._failure(request, ErrorKind.BUDGET, "not sent: budget reached", attempt))
-                    progress.done += 1
-                    return
-                if rpm:
-                    await rpm.take(1)
-                estimate = request.estimated_tokens()
-                if tpm:
-                    await tpm.take(estimate)
-                reserved[0] += worst
-                await limiter.acquire()
-                started = time.monotonic()
-                if attempt == 0:
-                    self.stats.sent += 1
-                outcome = "error"
-                try:
-                    reply = await self.backend.complete(request)  # type: ignore[attr-defined]
-                    outcome = "ok"
-                except BackendError as exc:
-                    error = exc
-                    if exc.throttled:
-                        outcome = "throttled"
-                        self.stats.throttled += 1
-                finally:
-                    await limiter.release(outcome)
-                    reserved[0] -= worst
-                latency = time.monotonic() - started
-                if outcome == "ok":
-                    if tpm:
-                        tpm.give_back(estimate - reply.prompt_tokens - reply.completion_tokens)
-                    cost = cost_usd(self.price, reply.prompt_tokens, reply.completion_tokens)
-                    self.stats.succeeded += 1
-                    self.stats.prompt_tokens += reply.prompt_tokens
-                    self.stats.completion_tokens += reply.completion_tokens
-                    self.stats.cost_usd += cost
-                    self.stats.truncated += reply.finish_reason == "length"
-                    writer.add(
-                        request,
-                        OracleReply(
-                            request_key=request.key,
-                            fingerprint=request.fingerprint,
-                            text=reply.text,
-                            finish_reason=reply.finish_reason,
-                            prompt_tokens=reply.prompt_tokens,
-                            completion_tokens=reply.completion_tokens,
-                            cost_usd=cost,
-                            latency_s=latency,
-                            attempts=attempt + 1,
-                        ),
-                    )
-                    progress.done += 1
-                    return
-                if not error.transient or attempt >= settings.max_retries:
-                    kind = ErrorKind.TRANSIENT if error.transient else ErrorKind.PERMANENT
-                    note = f" after {attempt + 1} attempts" if error.transient else ""
-                    writer.add(request, self._failure(request, kind, f"{error}{note}", attempt + 1, error.status))
-                    self.stats.failed += 1
-                    progress.done += 1
-                    if not error.transient:
-                        self.log.warning(f"oracle: request {request.key[:12]} failed for good: {error}")
-                    return
-                attempt += 1
-                self.stats.retries += 1
-                await asyncio.sleep(backoff_delay(attempt, error.retry_after))
-
-        async def worker() -> None:
-            while not cancel.is_set():
-                try:
-                    request = work.get_nowait()
-                except asyncio.QueueEmpty:
-                    return
-                await one(request)
-
-        async with self.backend:  # type: ignore[attr-defined]
-            ticker = asyncio.create_task(progress.tick(settings.progress_interval_s))
-            try:
-                await asyncio.gather(*(worker() for _ in range(min(concurrency, len(pending)))))
-            finally:
-                ticker.cancel()
-                self.stats.concurrency_decreases += limiter.decreases
-        progress.report(final=True)
-
     def _failure(
         self, request: OracleRequest, kind: str, message: str, attempts: int, status: int | None = None
     ) -> OracleReply:
@@ -273,6 +163,150 @@ class OracleClient:
             error=message,
             status=status,
         )
+
+
+class _Sender:
+    """One sending of pending requests, in named steps: each request is admitted under the
+    dollar budget, attempted under the pacing (requests and tokens per minute) and the
+    adaptive concurrency limit, retried with backoff while its failure is transient, and
+    recorded (reply or failure) in the cache writer."""
+
+    def __init__(self, client: OracleClient, pending: list[OracleRequest], writer: CacheWriter, cancel: threading.Event):
+        self.client = client
+        self.settings = settings = client.settings
+        self.stats = client.stats
+        self.writer = writer
+        self.cancel = cancel
+        self.limiter = AdaptiveConcurrency(client.backend.concurrency)
+        self.rpm = TokenBucket(settings.rpm) if settings.rpm else None
+        self.tpm = TokenBucket(settings.tpm) if settings.tpm else None
+        self.reserved_usd = 0.0  # the worst case of what is in flight, held against the budget
+        self.work: asyncio.Queue[OracleRequest] = asyncio.Queue()
+        # Short prompts first lets the local backend batch similar lengths together.
+        for request in sorted(pending, key=OracleRequest.prompt_chars):
+            self.work.put_nowait(request)
+        self.workers = min(client.backend.concurrency, len(pending))
+        self.progress = _Progress(len(pending), client, self.limiter)
+
+    async def run(self) -> None:
+        async with self.client.backend:
+            ticker = asyncio.create_task(self.progress.tick(self.settings.progress_interval_s))
+            try:
+                await asyncio.gather(*(self._worker() for _ in range(self.workers)))
+            finally:
+                ticker.cancel()
+                self.stats.concurrency_decreases += self.limiter.decreases
+        self.progress.report(final=True)
+
+    async def _worker(self) -> None:
+        while not self.cancel.is_set():
+            try:
+                request = self.work.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            await self._complete(request)
+
+    async def _complete(self, request: OracleRequest) -> None:
+        attempt = 0
+        while self._admit(request, attempt):
+            started = time.monotonic()
+            try:
+                reply = await self._attempt(request, attempt)
+            except BackendError as error:
+                if not error.transient or attempt >= self.settings.max_retries:
+                    self._record_failure(request, error, attempt + 1)
+                    return
+                attempt += 1
+                self.stats.retries += 1
+                await asyncio.sleep(backoff_delay(attempt, error.retry_after))
+                continue
+            self._record_reply(request, reply, time.monotonic() - started, attempt + 1)
+            return
+
+    def _worst_cost(self, request: OracleRequest) -> float:
+        return cost_usd(self.client.price, request.prompt_chars() // 4, request.sampling.max_tokens)
+
+    def _admit(self, request: OracleRequest, attempt: int) -> bool:
+        """Whether the budget allows sending (spent + in flight + this one's worst case);
+        once it does not, nothing more is sent and every request left is recorded as stopped."""
+        budget = self.settings.budget_usd
+        if budget is None:
+            return True
+        client = self.client
+        if not client.budget_exhausted and self.stats.cost_usd + self.reserved_usd + self._worst_cost(request) <= budget:
+            return True
+        if not client.budget_exhausted:
+            client.log.warning(
+                f"oracle: budget of ${budget:.2f} reached (${self.stats.cost_usd:.4f} spent, all replies kept); "
+                "no further requests are sent"
+            )
+            client.budget_exhausted = True
+        self.stats.budget_stopped += 1
+        self.writer.add(request, client._failure(request, ErrorKind.BUDGET, "not sent: budget reached", attempt))
+        self.progress.done += 1
+        return False
+
+    async def _attempt(self, request: OracleRequest, attempt: int) -> BackendReply:
+        """One call: paced, within the concurrency limit, its worst-case cost reserved while
+        it is in flight. Raises BackendError when the call fails."""
+        if self.rpm:
+            await self.rpm.take(1)
+        estimate = request.estimated_tokens()
+        if self.tpm:
+            await self.tpm.take(estimate)
+        worst = self._worst_cost(request)
+        self.reserved_usd += worst
+        await self.limiter.acquire()
+        if attempt == 0:
+            self.stats.sent += 1
+        outcome = "error"
+        try:
+            reply = await self.client.backend.complete(request)
+            outcome = "ok"
+        except BackendError as error:
+            if error.throttled:
+                outcome = "throttled"
+                self.stats.throttled += 1
+            raise
+        finally:
+            await self.limiter.release(outcome)
+            self.reserved_usd -= worst
+        if self.tpm:
+            self.tpm.give_back(estimate - reply.prompt_tokens - reply.completion_tokens)
+        return reply
+
+    def _record_reply(self, request: OracleRequest, reply: BackendReply, latency: float, attempts: int) -> None:
+        cost = cost_usd(self.client.price, reply.prompt_tokens, reply.completion_tokens)
+        stats = self.stats
+        stats.succeeded += 1
+        stats.prompt_tokens += reply.prompt_tokens
+        stats.completion_tokens += reply.completion_tokens
+        stats.cost_usd += cost
+        stats.truncated += reply.finish_reason == "length"
+        self.writer.add(
+            request,
+            OracleReply(
+                request_key=request.key,
+                fingerprint=request.fingerprint,
+                text=reply.text,
+                finish_reason=reply.finish_reason,
+                prompt_tokens=reply.prompt_tokens,
+                completion_tokens=reply.completion_tokens,
+                cost_usd=cost,
+                latency_s=latency,
+                attempts=attempts,
+            ),
+        )
+        self.progress.done += 1
+
+    def _record_failure(self, request: OracleRequest, error: BackendError, attempts: int) -> None:
+        kind = ErrorKind.TRANSIENT if error.transient else ErrorKind.PERMANENT
+        note = f" after {attempts} attempts" if error.transient else ""
+        self.writer.add(request, self.client._failure(request, kind, f"{error}{note}", attempts, error.status))
+        self.stats.failed += 1
+        self.progress.done += 1
+        if not error.transient:
+            self.client.log.warning(f"oracle: request {request.key[:12]} failed for good: {error}")
 
 
 class _Progress:
