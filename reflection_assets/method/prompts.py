@@ -1,4 +1,5 @@
-"""The reflection prompts, in our own words, with the method's criteria and section markers.
+"""The paper profile's reflection prompts, in our own words, with the method's criteria and
+section markers (the compact profile's are in compact_prompts.py).
 
 Phase 1 (instruction reflection) critiques an instruction and its answer on the method's
 criteria, then writes a harder, self-contained instruction and answers it. Phase 2
@@ -6,8 +7,11 @@ criteria, then writes a harder, self-contained instruction and answers it. Phase
 shown to the oracle in its own block; phase 1 asks for a new instruction that carries
 whatever context it needs, so a reflected pair has no separate input.
 
-The version is part of every request and of the oracle fingerprint: change any text here
-and bump it, and the next run asks the oracle again instead of reusing old replies."""
+Any change to these texts changes the requests, so the next run asks the oracle again for
+every record (old replies stay cached under the old requests). Bump the version with it:
+the version is part of the oracle's fingerprint, so the shards made with the old prompts
+become stale and the automation re-runs them; without the bump they are re-asked only when
+someone re-materializes them."""
 
 from __future__ import annotations
 

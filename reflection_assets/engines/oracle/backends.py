@@ -44,8 +44,8 @@ def redact(text: str, secret: str | None) -> str:
 
 class OpenAIBackend:
     """Chat completions against any OpenAI-compatible endpoint (OpenAI, vLLM, llama.cpp
-    server, Ollama). The SDK's own retries are off: the client retries, once, with
-    backoff and the concurrency limit in view."""
+    server, Ollama). The SDK's own retries are off: the client retries transient failures
+    itself, up to MAX_RETRIES times, with backoff and the concurrency limit in view."""
 
     def __init__(self, settings: OracleSettings):
         self.settings = settings
