@@ -24,7 +24,7 @@ from reflection_assets.engines.oracle.settings import (
 from reflection_assets.engines.settings import default_artifacts, default_database
 from reflection_assets.engines.storage import Database
 
-# Every asset that writes the DuckDB file runs in this pool; dagster_home/dagster.yaml
+# Every asset that writes the DuckDB file runs in this pool; the instance's dagster.yaml
 # limits pools to one step at a time, matching DuckDB's single writer.
 DUCKDB_POOL = "duckdb"
 OWNER = "team:data-recycling"

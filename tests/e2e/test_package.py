@@ -3,6 +3,7 @@ into a fresh environment, and a stage run from a folder that has nothing of the 
 The fresh environment borrows this one's dependencies through a .pth line (installing torch
 again would take minutes) but gets reflection_assets only from the wheel."""
 
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -21,8 +22,15 @@ def run(*args: str, **kw) -> subprocess.CompletedProcess:
 
 
 def test_the_wheel_carries_its_sql_and_runs_a_stage_from_anywhere(tmp_path):
+    # Built from what the package is made of, copied out: nothing else of the checkout can
+    # leak into the wheel, and the build leaves nothing behind in the checkout.
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    shutil.copytree(REPO / "reflection_assets", source / "reflection_assets", ignore=shutil.ignore_patterns("__pycache__"))
     dist = tmp_path / "dist"
-    run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist), str(REPO))
+    run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist), str(source))
     [wheel] = dist.glob("reflection_assets-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     sql = sorted(p.name for p in (REPO / "reflection_assets" / "sql").glob("*.sql"))
