@@ -10,7 +10,7 @@ import pytest
 from reflection_assets.assets.resources import JudgeResource, OracleResource, StorageResource
 from reflection_assets.definitions import JOB_FOR_PARTITIONS, RECORD_PARTITIONS, defs
 from reflection_assets.engines.models import CONVERSION_VERSION, EMBEDDED_NAME
-from reflection_assets.engines.benchmark import judge_all
+from reflection_assets.engines.judge import judge_all
 from reflection_assets.engines.testsets import TestPrompt
 from reflection_assets.runner import run_record_partitions
 from tests.conftest import REPO, write_json

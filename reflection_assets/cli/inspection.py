@@ -1,0 +1,106 @@
+"""`reflection scores`, `export` and `lineage`: what the pipeline made, for people and scripts."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from reflection_assets.cli.common import storage_resource
+
+
+def print_scores(names: list[str]) -> bool:
+    from reflection_assets.engines.benchmark import latest_report
+
+    db = storage_resource().db()
+    printed = False
+    for name in names:
+        lines = latest_report(db, name)
+        if lines:
+            print("\n" + "\n".join(lines))
+            printed = True
+    return printed
+
+
+def cmd_scores(args: argparse.Namespace) -> int:
+    names = [args.dataset] if args.dataset else [s.name for s in storage_resource().registry().list()]
+    if args.json:
+        import json
+
+        from reflection_assets.engines.benchmark import latest_scores
+
+        db = storage_resource().db()
+        found = [latest for name in names if (latest := latest_scores(db, name)) is not None]
+        print(json.dumps(found, indent=2))
+        return 0
+    if not print_scores(names):
+        print("no benchmark scores yet: materialize benchmark_scores (e.g. `reflection run --select benchmark_scores`)")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from reflection_assets.engines.export import export_dataset
+    from reflection_assets.engines.settings import shard_count
+
+    storage = storage_resource()
+    storage.registry().get(args.name)
+    result = export_dataset(storage.db(), args.name, args.stage, args.format, Path(args.out), shard_count())
+    print(f"wrote {result.rows} {'rows' if result.entry is None else 'records'} to {result.path} ({args.format})")
+    if result.entry is not None:
+        print(f"LLaMA-Factory entry {result.entry!r} in {result.dataset_info}")
+    if result.shards_missing:
+        shards = ", ".join(f"{s:02d}" for s in result.shards_missing)
+        print(f"warning: shard(s) {shards} have no {args.stage} rows yet; the file holds the others", file=sys.stderr)
+    return 0
+
+
+def cmd_lineage(args: argparse.Namespace) -> int:
+    from reflection_assets.assets.metadata import one_line
+    from reflection_assets.engines.lineage import record_lineage
+
+    for chain in record_lineage(storage_resource().db(), args.record_id, args.dataset):
+        r = chain.record
+        print(f"record {r['record_id']} in dataset {r['dataset']} (shard {r['shard']:02d})")
+        print(f"  source      {r['source_file']}, row {r['source_row']} (version {r['source_version']})")
+        print(f"  instruction {one_line(r['original_instruction'])}")
+        if r["original_input"]:
+            print(f"  input       {one_line(r['original_input'])}")
+        print(f"  output      {one_line(r['original_output'])}")
+        print("  oracle calls:")
+        if not chain.calls:
+            print("    none yet: materialize reflected_instructions for this shard")
+        for call in chain.calls:
+            if call["model"] is None:
+                answer = f"no reply ({call['last_error'] or 'not sent yet'})"
+            else:
+                answer = (
+                    f"{call['model']}, fingerprint {call['fingerprint']}, finish {call['finish_reason']}, "
+                    f"{call['prompt_tokens']}+{call['completion_tokens']} tokens, ${call['cost_usd']:.6f}"
+                )
+            print(f"    {call['stage']:<26} {call['request_key'][:16]}  {answer}")
+            print(f"    {'':<26} parse: {call['parse_outcome']}{' - ' + one_line(call['reason'], 80) if call['reason'] else ''}")
+        if r["provenance"] is None:
+            print("  recycled: not yet (materialize recycled_dataset)")
+        else:
+            print(f"  recycled ({r['recycle_mode']} mode): {r['provenance']}")
+            print(f"    instruction {one_line(r['final_instruction'])}")
+            if r["final_input"]:
+                print(f"    input       {one_line(r['final_input'])}")
+            print(f"    output      {one_line(r['final_output'])}")
+        if not chain.models:
+            print("  models: none trained on it (held out from training, or no adapter trained yet)")
+        else:
+            print("  models trained on it:")
+        seen: set[str] = set()
+        for model in chain.models:
+            if model["adapter_id"] not in seen:
+                seen.add(model["adapter_id"])
+                current = ", current" if model["is_current"] else ""
+                print(f"    {model['variant']} adapter {model['adapter_id']} ({model['trained_at']:%Y-%m-%d %H:%M}{current}) {model['path']}")
+            if model["benchmark_run"]:
+                print(
+                    f"      benchmark {model['benchmark_run']} ({model['benchmarked_at']:%Y-%m-%d %H:%M}), judge "
+                    f"{model['judge_model']}: winning score {model['winning_scores'] or 'n/a'}"
+                )
+    return 0

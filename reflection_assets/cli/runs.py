@@ -1,0 +1,181 @@
+"""`reflection run`, `status`, `recover`, `observe` and `instance`: materializing headless,
+and the state of the instance: what is stale, what crashed, where state lives."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import defaultdict
+
+from reflection_assets.cli.common import storage_resource
+from reflection_assets.cli.inspection import print_scores
+from reflection_assets.engines.datasets import DatasetError
+from reflection_assets.errors import SettingsError
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from reflection_assets.dagster_instance import ensure_instance
+    from reflection_assets.definitions import DATASET_ASSETS, RECORD_ASSETS, defs
+    from reflection_assets.engines.lineage import oracle_spend
+    from reflection_assets.status import asset_statuses, render, unobserved_changes
+
+    storage = storage_resource()
+    registry = storage.registry()
+    specs = [registry.get(args.dataset)] if args.dataset else registry.list()
+    if not specs:
+        print("no datasets registered; add one with `reflection datasets add NAME SOURCE`")
+        return 0
+    instance = ensure_instance()
+    keys = [a.key for a in (*RECORD_ASSETS, *DATASET_ASSETS)]
+    for number, spec in enumerate(specs):
+        statuses = asset_statuses(instance, defs, spec.name, keys)
+        changes = unobserved_changes(instance, statuses)
+        print(("\n" if number else "") + "\n".join(render(spec.name, statuses, oracle_spend(storage.db(), spec.name), changes)))
+    from reflection_assets.run_workers import dead_runs
+
+    dead = dead_runs(instance)
+    if dead:
+        print("\nruns whose process is gone (`reflection recover` marks them failed and frees their pool slots):")
+        for entry in dead:
+            print(f"  {_describe_run(entry.run)}: {entry.message}")
+    return 0
+
+
+def _print_summary(outcomes) -> None:
+    by_asset: dict[str, list[int | None]] = defaultdict(list)
+    for outcome in outcomes:
+        for asset, rows in outcome.rows.items():
+            by_asset[asset].append(rows)
+    ok = sum(o.success for o in outcomes)
+    print(f"\n{ok} of {len(outcomes)} runs succeeded")
+    for asset, counts in by_asset.items():
+        rows = [c for c in counts if c is not None]
+        print(f"  {asset}: " + (f"{sum(rows)} rows in " if rows else "materialized in ") + f"{len(counts)} partition(s)")
+    failed_checks: dict[str, list[str]] = defaultdict(list)
+    severity: dict[str, str] = {}
+    for outcome in outcomes:
+        where = f"{outcome.dataset}|{outcome.shard}" if outcome.shard else outcome.dataset
+        if not outcome.success:
+            state = "STOPPED" if outcome.interrupted else "FAILED"
+            print(f"  {state} {where} (run {outcome.run_id}): {outcome.error}")
+        for check in outcome.failed_checks:
+            failed_checks[check].append(where)
+            severity[check] = outcome.check_severity.get(check, "ERROR")
+    for check, places in failed_checks.items():
+        listed = ", ".join(places[:4]) + (f" and {len(places) - 4} more" if len(places) > 4 else "")
+        print(f"  check failed ({severity[check]}) {check} on {len(places)} partition(s): {listed}")
+
+
+def _load_asset_config(path: str) -> dict:
+    """A YAML (or JSON) file: {asset name: {setting: value}}, as in the UI's launchpad."""
+    from pathlib import Path
+
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise SettingsError(f"{path}: cannot be read ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise SettingsError(f"{path}: expected a mapping of asset name to its settings")
+    return data
+
+
+def _describe_run(run) -> str:
+    partition = run.tags.get("dagster/partition")
+    return f"run {run.run_id[:8]} ({run.job_name}" + (f", {partition}" if partition else "") + ")"
+
+
+def _recover(instance, quiet_when_nothing: bool) -> None:
+    """Fail the runs whose process died and give back the pool slots of finished runs."""
+    from reflection_assets.run_workers import recover
+
+    recovery = recover(instance)
+    for dead in recovery.failed:
+        print(f"recovered {_describe_run(dead.run)}: {dead.message}; marked failed", file=sys.stderr)
+    for run_id, slots in sorted(recovery.freed.items()):
+        print(f"freed {slots} pool slot(s) held by finished run {run_id[:8]}", file=sys.stderr)
+    if not recovery.failed and not recovery.freed and not quiet_when_nothing:
+        print("nothing to recover: no run in progress has lost its process, no finished run holds a pool slot")
+
+
+def cmd_observe(args: argparse.Namespace) -> int:
+    from reflection_assets.dagster_instance import ensure_instance
+    from reflection_assets.definitions import defs
+    from reflection_assets.runner import observe
+
+    for key, facts in observe(ensure_instance(), defs).items():
+        print(f"{key:<8} fingerprint {facts['fingerprint']}  {facts['backend']} {facts['model']} ({facts['prompt_version']})")
+    return 0
+
+
+def cmd_instance(args: argparse.Namespace) -> int:
+    from reflection_assets.dagster_instance import ensure_instance
+
+    instance = ensure_instance()
+    storage = storage_resource()
+    where = "PostgreSQL (DAGSTER_PG_URL)" if "postgres" in type(instance.run_storage).__name__.lower() else "SQLite files there"
+    print(f"Dagster instance  {instance.root_directory}: runs, event logs and schedules in {where}")
+    print(f"DuckDB database   {storage.database_path()}")
+    print(f"model artifacts   {storage.artifacts_path()}")
+    return 0
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    from reflection_assets.dagster_instance import ensure_instance
+
+    _recover(ensure_instance(), quiet_when_nothing=False)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from reflection_assets.assets.partitions import DATASETS, RECORD_PARTITIONS
+    from reflection_assets.dagster_instance import ensure_instance
+    from reflection_assets.definitions import JOB_FOR_PARTITIONS, defs
+    from reflection_assets.runner import (
+        resolve_selection,
+        run_dataset_partition,
+        run_record_partitions,
+        sync_dataset_partitions,
+    )
+
+    registry = storage_resource().registry()
+    specs = [registry.get(args.dataset)] if args.dataset else registry.list()
+    if not specs:
+        raise DatasetError("no datasets registered; add one with `reflection datasets add NAME SOURCE`")
+    instance = ensure_instance()
+    _recover(instance, quiet_when_nothing=True)  # a killed run must not hold the pool forever
+    sync_dataset_partitions(instance, [s.name for s in specs])
+    select = [name.strip() for name in args.select.split(",")] if args.select else None
+    asset_config = _load_asset_config(args.config) if args.config else None
+    keys = resolve_selection(defs, select, args.upstream)
+    record_keys = [k for k in keys if defs.resolve_assets_def(k).partitions_def == RECORD_PARTITIONS]
+    dataset_keys = [k for k in keys if defs.resolve_assets_def(k).partitions_def == DATASETS]
+    outcomes = []
+    for spec in specs:
+        if record_keys:
+            outcomes += run_record_partitions(
+                instance,
+                defs,
+                JOB_FOR_PARTITIONS[RECORD_PARTITIONS],
+                record_keys,
+                spec.name,
+                args.shard,
+                args.log_level,
+                asset_config,
+            )
+        if dataset_keys and not args.shard and all(o.success for o in outcomes):
+            outcomes += run_dataset_partition(
+                instance, defs, JOB_FOR_PARTITIONS[DATASETS], dataset_keys, spec.name, args.log_level, asset_config
+            )
+        if any(o.interrupted for o in outcomes):
+            break
+    _print_summary(outcomes)
+    if any(o.interrupted for o in outcomes):
+        print("reflection: interrupted; nothing more was launched", file=sys.stderr)
+        return 130
+    if any(k.to_user_string() == "benchmark_scores" for k in dataset_keys):
+        print_scores([o.dataset for o in outcomes if o.success and o.shard is None])
+    return 0 if all(o.success for o in outcomes) else 1
