@@ -2,7 +2,7 @@
 sample, `reflection run` every stage) on a fresh DAGSTER_HOME, timed as a whole, then the
 time of each asset's steps read back from the Dagster instance (summed over the shards).
 
-It runs the whole job, about seven minutes on 2 cores with the embedded model.
+It runs the whole job, about thirteen minutes on 2 cores with the embedded model.
 
 .venv/bin/python benchmarks/demo_stages.py
 """
@@ -45,7 +45,8 @@ def main() -> None:
     print("the main job on the bundled sample (128 records, 16 shards), embedded model, fresh home")
     print(f"{'stage':<26}{'steps':>6}{'wall s':>9}")
     for stage in ("raw_dataset", "reflected_instructions", "reflected_responses", "recycled_dataset",
-                  "baseline_adapter", "recycled_adapter", "benchmark_scores"):
+                  "student_scores", "selective_dataset", "baseline_adapter", "recycled_adapter",
+                  "selective_adapter", "benchmark_scores"):
         print(f"{stage:<26}{steps[stage]:>6}{seconds[stage]:>9.1f}")
     inside = sum(seconds.values())
     print(f"{'steps in all':<32}{inside:>9.1f}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from reflection_assets.assets.adapters import baseline_adapter, recycled_adapter
+from reflection_assets.assets.adapters import baseline_adapter, recycled_adapter, selective_adapter
 from reflection_assets.assets.automation import OBSERVE_CRON
 from reflection_assets.assets.benchmark import benchmark_scores
 from reflection_assets.assets.oracles import judge, oracle
@@ -13,6 +13,7 @@ from reflection_assets.assets.partitions import DATASETS, RECORD_PARTITIONS
 from reflection_assets.assets.raw import raw_dataset
 from reflection_assets.assets.reflection import recycled_dataset, reflected_instructions, reflected_responses
 from reflection_assets.assets.resources import JudgeResource, OracleResource, StorageResource
+from reflection_assets.assets.selection import StudentResource, selective_dataset, student, student_scores
 from reflection_assets.dagster_private import install_pool_wait
 from reflection_assets.engines.settings import pool_report_s
 
@@ -25,17 +26,17 @@ install_pool_wait(report_s=pool_report_s())
 EXECUTOR = dg.in_process_executor
 
 # Assets partitioned by dataset x shard, in graph order.
-RECORD_ASSETS = [raw_dataset, reflected_instructions, reflected_responses, recycled_dataset]
+RECORD_ASSETS = [raw_dataset, reflected_instructions, reflected_responses, recycled_dataset, student_scores, selective_dataset]
 
 recycle_shards = dg.define_asset_job(
     "recycle_shards",
     selection=dg.AssetSelection.assets(*RECORD_ASSETS),
     executor_def=EXECUTOR,
-    description="The record-level stages for one dataset x shard partition.",
+    description="The record-level stages for one dataset x shard partition: reflection (V1) and the student's selection (V2).",
 )
 
 # Assets partitioned by dataset alone: they read every shard of it.
-DATASET_ASSETS = [baseline_adapter, recycled_adapter, benchmark_scores]
+DATASET_ASSETS = [baseline_adapter, recycled_adapter, selective_adapter, benchmark_scores]
 
 train_and_score = dg.define_asset_job(
     "train_and_score",
@@ -48,13 +49,13 @@ train_and_score = dg.define_asset_job(
 # this order: every shard first, then what reads all shards.
 JOB_FOR_PARTITIONS = {RECORD_PARTITIONS: recycle_shards.name, DATASETS: train_and_score.name}
 
-# The oracle and the judge: observed, never materialized.
-SOURCE_ASSETS = [oracle, judge]
+# The oracle, the judge and the scoring student: observed, never materialized.
+SOURCE_ASSETS = [oracle, judge, student]
 
 observe_oracles = dg.define_asset_job(
     "observe_oracles",
     selection=dg.AssetSelection.assets(*(source.key for source in SOURCE_ASSETS)),
-    description="Observe the oracle and the judge: record their fingerprints as data versions.",
+    description="Observe the oracle, the judge and the student: record their fingerprints as data versions.",
 )
 
 # Nightly, the oracle and judge are observed; a changed fingerprint makes the shards they
@@ -66,8 +67,8 @@ observe_oracles_nightly = dg.ScheduleDefinition(
     cron_schedule=OBSERVE_CRON,
     execution_timezone="UTC",
     default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="Observe the oracle and the judge (REFLECTION_ORACLE_*/REFLECTION_JUDGE_* as "
-    "the code location sees them) every night at 03:00 UTC.",
+    description="Observe the oracle, the judge and the student (REFLECTION_ORACLE_*, "
+    "REFLECTION_JUDGE_*, REFLECTION_STUDENT_* as the code location sees them) every night at 03:00 UTC.",
 )
 
 recycle_stale = dg.AutomationConditionSensorDefinition(
@@ -91,5 +92,6 @@ defs = dg.Definitions(
         "storage": StorageResource.from_environment(),
         "oracle": OracleResource.from_environment(),
         "judge": JudgeResource.from_environment(),
+        "student": StudentResource.from_environment(),
     },
 )

@@ -12,7 +12,7 @@ import dagster as dg
 from reflection_assets.assets.partitions import DATASETS, SHARDS, record_partition_key
 from reflection_assets.dagster_private import AssetPartitionStatus, StaleCauseCategory, StaleStatus, stale_resolver
 
-ORACLE_KEYS = {"oracle": "oracle changed", "judge": "judge changed"}
+ORACLE_KEYS = {"oracle": "oracle changed", "judge": "judge changed", "student": "student changed"}
 
 
 @dataclass

@@ -13,8 +13,9 @@ from reflection_assets.assets.metadata import png_markdown
 from reflection_assets.assets.partitions import DATASETS
 from reflection_assets.assets.raw import raw_dataset
 from reflection_assets.assets.reflection import recycled_dataset
+from reflection_assets.assets.selection import selective_dataset
 from reflection_assets.assets.resources import DUCKDB_POOL, OWNER, StorageResource
-from reflection_assets.engines.adapters import Adapter, train_or_reuse
+from reflection_assets.engines.adapters import CLEAR_CURRENT, Adapter, train_or_reuse, training_rows
 from reflection_assets.engines.student import TrainConfig
 
 ALL_SHARDS_OF_DATASET = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="dataset")
@@ -80,6 +81,16 @@ def _metadata(adapter: Adapter) -> dict:
 
 def _train(context: dg.AssetExecutionContext, config: AdapterConfig, storage: StorageResource, variant: str):
     dataset = context.partition_key
+    if variant == "selective" and not training_rows(storage.db(), dataset, variant):
+        # The student kept no record: no adapter, and the benchmark compares V1 alone. A
+        # failure here would also stop benchmark_scores in the same run.
+        context.log.warning(f"the student selected no record of {dataset!r}: no selective adapter to train")
+        with storage.db().connect() as con:
+            con.execute(CLEAR_CURRENT, [dataset, variant])
+        return dg.MaterializeResult(
+            metadata={"adapter_id": "none", "records": 0, "reason": "selective_dataset kept no record"},
+            data_version=dg.DataVersion("none"),
+        )
     with user_errors_fail_the_step():
         adapter = train_or_reuse(
             storage.db(), storage.artifacts_path(), dataset, variant, config.train_config(), context.log.info
@@ -121,4 +132,12 @@ recycled_adapter = _adapter_asset(
     "recycled",
     "The same LoRA recipe trained on the recycled pairs of every shard of the dataset. "
     "Saved in peft's format under the artifacts folder; registered in training.adapters.",
+)
+selective_adapter = _adapter_asset(
+    "selective_adapter",
+    selective_dataset,
+    "selective",
+    "The same LoRA recipe trained on the student-selected pairs (V2, selective_dataset) of "
+    "every shard of the dataset. Saved in peft's format under the artifacts folder; "
+    "registered in training.adapters.",
 )

@@ -8,7 +8,7 @@ from typing import Optional
 import dagster as dg
 import polars as pl
 
-from reflection_assets.assets.adapters import baseline_adapter, recycled_adapter
+from reflection_assets.assets.adapters import baseline_adapter, recycled_adapter, selective_adapter
 from reflection_assets.assets.automation import STALE_ONLY
 from reflection_assets.assets.failures import user_errors_fail_the_step
 from reflection_assets.assets.metadata import markdown_table, png_markdown
@@ -59,7 +59,7 @@ def _score_table(scores: pl.DataFrame) -> pl.DataFrame:
 
 @dg.asset(
     partitions_def=DATASETS,
-    deps=[baseline_adapter, recycled_adapter, judge_source],
+    deps=[baseline_adapter, recycled_adapter, selective_adapter, judge_source],
     automation_condition=STALE_ONLY,
     pool=DUCKDB_POOL,
     group_name="evaluation",
@@ -79,8 +79,9 @@ def _score_table(scores: pl.DataFrame) -> pl.DataFrame:
 def benchmark_scores(
     context: dg.AssetExecutionContext, config: BenchmarkConfig, storage: StorageResource, judge: JudgeResource
 ) -> dg.MaterializeResult:
-    """Each adapter answers every prompt of the test sets (greedy; answers kept in
-    bench.answers by adapter and prompt, never generated twice); the judge rates each pair
+    """Each adapter (baseline, recycled, and selective when there is one) answers every
+    prompt of the test sets (greedy; answers kept in bench.answers by adapter and prompt,
+    never generated twice); the judge rates each pair
     in both orders (METHOD.md section 4) and each prompt is a win, tie, lose or unparsed;
     winning score = (win - lose) / judged + 1 per test set and category. Also each adapter's
     loss on held-out reference answers. Tables: bench.runs, bench.judgments, bench.outcomes,
@@ -103,6 +104,7 @@ def benchmark_scores(
         )
     headline = result.headline()
     score = headline["winning_score"] if headline else None
+    selective = result.headline("selective_vs_baseline")
     metadata = {
         "dagster/row_count": result.scores.height,
         "benchmark_run": result.run_id,
@@ -111,6 +113,11 @@ def benchmark_scores(
         if headline
         else "n/a",
         "unparsed": headline["unparsed"] if headline else 0,
+        "selective_winning_score": (
+            "n/a (no selective adapter)" if selective is None
+            else dg.MetadataValue.float(selective["winning_score"]) if selective["winning_score"] is not None
+            else "n/a (nothing judged)"
+        ),
         "unparsed_replies": result.unparsed_replies,
         "judge_errors": result.oracle_errors,
         "judge_fingerprint": result.judge_fingerprint,
@@ -126,7 +133,7 @@ def benchmark_scores(
     with tempfile.TemporaryDirectory() as folder:
         chart = Path(folder) / "scores.png"
         plot_scores(result.scores, chart)
-        metadata["win_tie_lose"] = png_markdown(chart, "win, tie and lose per test set")
+        metadata["win_tie_lose"] = png_markdown(chart, "win, tie and lose against the baseline per test set")
     check = dg.AssetCheckResult(
         check_name=CHECK,
         passed=score is not None and score > 1,

@@ -53,9 +53,11 @@ class ReflectionConfig(dg.Config):
 
 
 class ResponseReflectionConfig(ReflectionConfig):
-    also_original: bool = False
-    """Also reflect the original pair's response (variant 'original'): needed by the
-    response-only recycling mode and by student-selected recycling."""
+    also_original: bool = True
+    """Also reflect the original pair's response (variant 'original'): needed by
+    selective recycling (student_scores) and by the response-only recycling mode. Where
+    phase 1 kept a pair it is the same request as the chain's, paid once; set false for
+    V1 alone to save one oracle call per record that phase 1 rewrote."""
 
 
 class RecycleConfig(dg.Config):

@@ -86,13 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("name", help="a registered dataset")
     export.add_argument(
         "--format", required=True, choices=EXPORT_FORMATS,
-        help="alpaca, jsonl, sharegpt or parquet; a reflection stage: jsonl or parquet",
+        help="alpaca, jsonl, sharegpt or parquet; a stage's inspection rows: jsonl or parquet",
     )
     export.add_argument("--out", required=True, help="the file to write; dataset_info.json goes beside a training set")
     export.add_argument(
         "--stage", default="recycled", choices=(*STAGES, *INSPECTION_STAGES),
-        help="recycled (default) or raw: a training set; reflected_instructions or reflected_responses: "
-        "one row per record and variant with the stage's outcome and reason",
+        help="recycled (default), selective (the student-selected set) or raw: a training set; "
+        "reflected_instructions or reflected_responses: one row per record and variant with the stage's "
+        "outcome and reason; scores: the student's perplexities, IFD and r-IFD per record and variant",
     )
     export.set_defaults(func=cmd_export)
 

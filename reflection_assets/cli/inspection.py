@@ -88,6 +88,20 @@ def cmd_lineage(args: argparse.Namespace) -> int:
             if r["final_input"]:
                 print(f"    input       {one_line(r['final_input'])}")
             print(f"    output      {one_line(r['final_output'])}")
+        if chain.scores:
+            print("  student scores (selective recycling):")
+            for score in chain.scores:
+                if score["status"] == "ok":
+                    shown = f"IFD {score['ifd']:.4f}  r-IFD {score['r_ifd']:.4f}"
+                else:
+                    shown = f"{score['status']}: {one_line(score['reason'], 70)}"
+                print(f"    {score['variant']:<12} {shown}")
+            decision = chain.decision
+            if decision is None:
+                print("  selective: not yet (materialize selective_dataset)")
+            else:
+                verdict = "dropped" if decision["kept"] is None or decision["cut_by_top_k"] else f"kept '{decision['kept']}'"
+                print(f"  selective: {verdict} - {decision['reason']}")
         if not chain.models:
             print("  models: none trained on it (held out from training, or no adapter trained yet)")
         else:

@@ -18,7 +18,9 @@ from reflection_assets.engines.storage import Database
 from reflection_assets.engines.student import TrainConfig, TrainingError, train_adapter
 from reflection_assets.method.digests import json_digest
 
-VARIANT_SOURCES = {"baseline": "raw.records", "recycled": "reflect.recycled"}
+VARIANT_SOURCES = {"baseline": "raw.records", "recycled": "reflect.recycled", "selective": "selection.selective"}
+# The asset whose shards fill each variant's training rows.
+VARIANT_ASSETS = {"baseline": "raw_dataset", "recycled": "recycled_dataset", "selective": "selective_dataset"}
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,9 @@ SET_CURRENT = """
     INSERT INTO training.current_adapters (dataset, variant, adapter_id) VALUES (?, ?, ?)
     ON CONFLICT (dataset, variant) DO UPDATE SET adapter_id = excluded.adapter_id, updated_at = now()
 """
+
+
+CLEAR_CURRENT = "DELETE FROM training.current_adapters WHERE dataset = ? AND variant = ?"
 
 
 def data_fingerprint(rows: list[tuple[str, str, str, str]]) -> str:
@@ -105,8 +110,10 @@ def train_or_reuse(
         raise TrainingError(f"holdout_fraction={config.holdout_fraction}: expected at least 0 and below 1")
     rows = training_rows(db, dataset, variant, config.holdout_fraction)
     if not rows:
-        asset = "raw_dataset" if variant == "baseline" else "recycled_dataset"
-        raise TrainingError(f"no training rows for {dataset!r} ({variant}): materialize {asset} for its shards first")
+        raise TrainingError(
+            f"no training rows for {dataset!r} ({variant}): materialize {VARIANT_ASSETS[variant]} for its shards first"
+            + (" (or no record was selected: see selective_dataset's kept_by_kind)" if variant == "selective" else "")
+        )
     fingerprint = data_fingerprint(rows)
     adapter_id = adapter_id_for(variant, fingerprint, config)
     out = Path(artifacts) / "adapters" / dataset / variant / adapter_id

@@ -59,6 +59,8 @@ def models_for(db: Database, dataset: str, compare_base: bool) -> list[Model]:
         ).fetchall()
     found = {variant: row for variant, *row in rows}
     missing = [v for v in ("baseline", "recycled") if v not in found]
+    # The student-selected adapter (V2) is evaluated when there is one.
+    evaluated = ("baseline", "recycled", "selective") if "selective" in found else ("baseline", "recycled")
     if missing:
         raise BenchmarkError(
             f"dataset {dataset!r} has no {' or '.join(missing)} adapter yet: materialize "
@@ -66,7 +68,7 @@ def models_for(db: Database, dataset: str, compare_base: bool) -> list[Model]:
             + " first"
         )
     models = []
-    for variant in ("baseline", "recycled"):
+    for variant in evaluated:
         adapter_id, base_model, config_json, path = found[variant]
         if not Path(path).exists():
             raise BenchmarkError(f"the {variant} adapter's folder {path} is gone: materialize {variant}_adapter again")
@@ -74,11 +76,12 @@ def models_for(db: Database, dataset: str, compare_base: bool) -> list[Model]:
         models.append(
             Model(variant, adapter_id, base_model, config["template"], Path(path), config.get("holdout_fraction", 0.0))
         )
-    if models[0].base_model != models[1].base_model:
-        raise BenchmarkError(
-            f"the baseline ({models[0].base_model}) and recycled ({models[1].base_model}) adapters "
-            "have different base models: the comparison would not be about the data"
-        )
+    for other in models[1:]:
+        if other.base_model != models[0].base_model:
+            raise BenchmarkError(
+                f"the baseline ({models[0].base_model}) and {other.name} ({other.base_model}) adapters "
+                "have different base models: the comparison would not be about the data"
+            )
     if compare_base:
         models.append(Model("base", f"base:{models[0].base_model}", models[0].base_model, models[0].template))
     return models

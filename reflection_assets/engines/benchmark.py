@@ -58,12 +58,13 @@ class BenchmarkResult:
 
 
 def comparisons_for(models: Sequence[Model]) -> list[tuple[str, str]]:
-    """(model under test, reference): recycled vs baseline, and against the bare base model
-    when it is evaluated too."""
+    """(model under test, reference): recycled (and selective, when evaluated) vs baseline,
+    and each against the bare base model when it is evaluated too."""
     names = {m.name for m in models}
-    pairs = [("recycled", "baseline")]
+    tested = [name for name in ("recycled", "selective") if name in names]
+    pairs = [(name, "baseline") for name in tested]
     if "base" in names:
-        pairs += [("recycled", "base"), ("baseline", "base")]
+        pairs += [(name, "base") for name in (*tested, "baseline")]
     return pairs
 
 
@@ -188,7 +189,8 @@ def _store(db, run_id, dataset, models, judge, judge_fingerprint, generation, dt
     score_rows = scores.with_columns(pl.lit(run_id).alias("run_id"))  # noqa: F841
     loss_rows = heldout.with_columns(pl.lit(run_id).alias("run_id"))  # noqa: F841
     run_row = [
-        run_id, dataset, by_name["baseline"].key, by_name["recycled"].key, by_name["baseline"].base_model,
+        run_id, dataset, by_name["baseline"].key, by_name["recycled"].key,
+        by_name["selective"].key if "selective" in by_name else None, by_name["baseline"].base_model,
         judge_fingerprint, judge.settings.model, json.dumps({**asdict(generation), "dtype": dtype}),
         json.dumps({name: _digest([asdict(p) for p in prompts]) for name, prompts in testsets.items()}),
     ]
@@ -196,8 +198,9 @@ def _store(db, run_id, dataset, models, judge, judge_fingerprint, generation, dt
         for table in ("runs", "judgments", "outcomes", "scores", "heldout_loss"):
             con.execute(f"DELETE FROM bench.{table} WHERE run_id = ?", [run_id])
         con.execute(
-            "INSERT INTO bench.runs (run_id, dataset, baseline_adapter, recycled_adapter, base_model, "
-            "judge_fingerprint, judge_model, generation_json, testsets_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO bench.runs (run_id, dataset, baseline_adapter, recycled_adapter, selective_adapter, "
+            "base_model, judge_fingerprint, judge_model, generation_json, testsets_json) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             run_row,
         )
         con.execute(
@@ -208,15 +211,19 @@ def _store(db, run_id, dataset, models, judge, judge_fingerprint, generation, dt
         con.execute("INSERT INTO bench.heldout_loss BY NAME SELECT * FROM loss_rows")
 
 
-def plot_scores(scores: pl.DataFrame, path: Path, comparison: str = "recycled_vs_baseline") -> None:
-    """Stacked win / tie / lose / unparsed bars, one per test set."""
+PLOTTED = ("recycled_vs_baseline", "selective_vs_baseline")
+
+
+def plot_scores(scores: pl.DataFrame, path: Path) -> None:
+    """Stacked win / tie / lose / unparsed bars, one per comparison with the baseline and
+    test set."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = scores.filter((pl.col("comparison") == comparison) & (pl.col("category") == "all"))
-    names = rows["testset"].to_list()
+    rows = scores.filter(pl.col("comparison").is_in(PLOTTED) & (pl.col("category") == "all"))
+    names = [f"{c.split('_vs_')[0]}: {t}" for c, t in zip(rows["comparison"], rows["testset"], strict=True)]
     fig, ax = plt.subplots(figsize=(6.4, 0.9 + 0.55 * max(1, len(names))), dpi=100)
     left = [0] * len(names)
     colors = {"win": "tab:green", "tie": "tab:gray", "lose": "tab:red", "unparsed": "tab:olive"}
@@ -228,7 +235,7 @@ def plot_scores(scores: pl.DataFrame, path: Path, comparison: str = "recycled_vs
         label = "n/a" if score is None else f"{score:.2f}"
         ax.text(total, y, f"  winning score {label}", va="center", fontsize=8)
     ax.set_xlabel("prompts")
-    ax.set_title(comparison.replace("_", " "))
+    ax.set_title("against the baseline adapter")
     ax.set_xlim(0, max(left + [1]) * 1.45)
     ax.legend(loc="lower right", fontsize=8, ncols=4)
     fig.tight_layout()
@@ -241,8 +248,8 @@ def latest_scores(db: Database, dataset: str) -> dict[str, object] | None:
     comparison and test set, and the held-out losses; None when there is none."""
     with db.connect() as con:
         run = con.execute(
-            "SELECT run_id, baseline_adapter, recycled_adapter, judge_model, judge_fingerprint, created_at "
-            "FROM bench.latest WHERE dataset = ?",
+            "SELECT run_id, baseline_adapter, recycled_adapter, judge_model, judge_fingerprint, created_at, "
+            "selective_adapter FROM bench.latest WHERE dataset = ?",
             [dataset],
         ).fetchone()
         if run is None:
@@ -265,6 +272,7 @@ def latest_scores(db: Database, dataset: str) -> dict[str, object] | None:
         "created_at": run[5].isoformat(),
         "baseline_adapter": run[1],
         "recycled_adapter": run[2],
+        "selective_adapter": run[6],
         "judge_model": run[3],
         "judge_fingerprint": run[4],
         "scores": [dict(zip(score_keys, row, strict=True)) for row in scores],
@@ -279,7 +287,9 @@ def latest_report(db: Database, dataset: str) -> list[str]:
         return []
     lines = [
         f"benchmark {latest['run_id']} of {dataset} ({latest['created_at'][:16].replace('T', ' ')}): recycled "
-        f"adapter {latest['recycled_adapter']} vs baseline {latest['baseline_adapter']}, judged by "
+        f"adapter {latest['recycled_adapter']}"
+        + (f" and selective adapter {latest['selective_adapter']}" if latest["selective_adapter"] else "")
+        + f" vs baseline {latest['baseline_adapter']}, judged by "
         f"{latest['judge_model']} (fingerprint {latest['judge_fingerprint']})",
         f"  {'comparison':<24} {'test set':<16} {'win':>5} {'tie':>5} {'lose':>5} {'unparsed':>9}  winning score",
     ]

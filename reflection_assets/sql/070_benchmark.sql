@@ -27,6 +27,8 @@ CREATE TABLE IF NOT EXISTS bench.runs (
     testsets_json       VARCHAR NOT NULL,   -- {name: sha256 of its prompts}
     created_at          TIMESTAMP NOT NULL DEFAULT current_timestamp
 );
+-- The student-selected adapter (V2), when the run evaluated one.
+ALTER TABLE bench.runs ADD COLUMN IF NOT EXISTS selective_adapter VARCHAR;
 
 -- The judge's reply to one order of one pair. score_test / score_ref are NULL when the
 -- reply could not be parsed (status unparsed) or the call failed (status oracle_error).

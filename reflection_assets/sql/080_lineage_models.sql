@@ -2,10 +2,11 @@
 -- the benchmark runs that scored those adapters. (After 060 and 070: it reads their tables.)
 CREATE OR REPLACE VIEW lineage.record_models AS
 WITH run_scores AS (
-    SELECT run_id, string_agg(testset || ' ' || coalesce(printf('%.3f', winning_score), 'n/a'), ', ' ORDER BY testset) AS winning_scores
+    SELECT run_id, comparison,
+           string_agg(testset || ' ' || coalesce(printf('%.3f', winning_score), 'n/a'), ', ' ORDER BY testset) AS winning_scores
     FROM bench.scores
-    WHERE comparison = 'recycled_vs_baseline' AND category = 'all'
-    GROUP BY run_id
+    WHERE category = 'all'
+    GROUP BY run_id, comparison
 )
 SELECT a.dataset, ar.record_id, a.adapter_id, a.variant, a.path, a.created_at AS trained_at,
        c.adapter_id IS NOT NULL AS is_current,
@@ -13,5 +14,7 @@ SELECT a.dataset, ar.record_id, a.adapter_id, a.variant, a.path, a.created_at AS
 FROM training.adapter_records AS ar
 JOIN training.adapters AS a USING (adapter_id)
 LEFT JOIN training.current_adapters AS c ON c.adapter_id = a.adapter_id
-LEFT JOIN bench.runs AS b ON a.adapter_id IN (b.baseline_adapter, b.recycled_adapter)
-LEFT JOIN run_scores AS s ON s.run_id = b.run_id;
+LEFT JOIN bench.runs AS b ON a.adapter_id IN (b.baseline_adapter, b.recycled_adapter, b.selective_adapter)
+-- The selective adapter's lineage shows its own comparison; the others, recycled's.
+LEFT JOIN run_scores AS s ON s.run_id = b.run_id
+    AND s.comparison = CASE a.variant WHEN 'selective' THEN 'selective_vs_baseline' ELSE 'recycled_vs_baseline' END;

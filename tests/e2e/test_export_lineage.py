@@ -50,7 +50,8 @@ def test_export_raw_keeps_inputs_and_other_entries(recycled, tmp_path):
 def test_stage_exports_show_each_records_outcome(recycled, tmp_path, capsys, fmt):
     import polars as pl
 
-    for stage, rows in (("reflected_instructions", len(ROWS)), ("reflected_responses", len(ROWS))):
+    # phase 2 reflects each record twice: the chain's pair and (also_original, the default) the original
+    for stage, rows in (("reflected_instructions", len(ROWS)), ("reflected_responses", 2 * len(ROWS))):
         out = tmp_path / f"{stage}.{fmt}"
         assert main(["export", "tagged", "--stage", stage, "--format", fmt, "--out", str(out)]) == 0
         printed = capsys.readouterr().out
@@ -68,7 +69,7 @@ def test_stage_exports_show_each_records_outcome(recycled, tmp_path, capsys, fmt
             new = frame.filter(pl.col("instruction").str.contains("Plain task 1 Explain")).row(0, named=True)
             assert new["outcome"] == "ok" and new["input"] == ""
         else:
-            assert set(frame["variant"]) == {"chain"}
+            assert set(frame["variant"]) == {"chain", "original"}
             assert frame.filter(pl.col("outcome") == "ok")["output"].str.starts_with("A better answer").all()
     assert not (tmp_path / "dataset_info.json").exists()
     bad = main(["export", "tagged", "--stage", "reflected_responses", "--format", "alpaca", "--out", str(tmp_path / "x")])

@@ -20,8 +20,9 @@ QUERY = (
     "partitionDefinition { description } } }"
 )
 STAGES = [
-    "oracle", "judge", "raw_dataset", "reflected_instructions", "reflected_responses",
-    "recycled_dataset", "baseline_adapter", "recycled_adapter", "benchmark_scores",
+    "oracle", "judge", "student", "raw_dataset", "reflected_instructions", "reflected_responses",
+    "recycled_dataset", "student_scores", "selective_dataset", "baseline_adapter", "recycled_adapter",
+    "selective_adapter", "benchmark_scores",
 ]
 ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -48,10 +49,11 @@ def test_ui_serves_the_asset_graph(dagster_dev):
     assert sorted(by_name) == sorted(STAGES)
     groups = {name: node["groupName"] for name, node in by_name.items()}
     assert groups == {
-        "oracle": "oracles", "judge": "oracles", "raw_dataset": "ingest",
+        "oracle": "oracles", "judge": "oracles", "student": "oracles", "raw_dataset": "ingest",
         "reflected_instructions": "reflection", "reflected_responses": "reflection",
-        "recycled_dataset": "reflection", "baseline_adapter": "training",
-        "recycled_adapter": "training", "benchmark_scores": "evaluation",
+        "recycled_dataset": "reflection", "student_scores": "selection", "selective_dataset": "selection",
+        "baseline_adapter": "training", "recycled_adapter": "training", "selective_adapter": "training",
+        "benchmark_scores": "evaluation",
     }
     for name, node in by_name.items():
         assert len(node["description"] or "") > 80, f"{name} has no real description"

@@ -141,7 +141,7 @@ def test_a_new_model_asks_again_and_switching_back_asks_nothing(home, tagged, or
 
 
 def test_response_only_and_instruction_only_modes(home, tagged, oracle):
-    run(tagged, keys=ALL[:3], reflected_responses={"also_original": True})
+    run(tagged, keys=ALL[:3])  # also_original is on by default
     run(tagged, keys=[ALL[3]], recycled_dataset={"mode": "response"})
     rows = query(home, "SELECT DISTINCT mode, provenance FROM reflect.recycled ORDER BY ALL")
     assert rows == [("response", "response_reflected")]
@@ -154,7 +154,7 @@ def test_response_only_and_instruction_only_modes(home, tagged, oracle):
 
 
 def test_response_only_mode_without_its_variant_says_what_to_run(home, tagged, oracle):
-    run(tagged, keys=ALL[:3])
+    run(tagged, keys=ALL[:3], reflected_responses={"also_original": False})
     [outcome] = run_record_partitions(
         tagged, defs, JOB_FOR_PARTITIONS[RECORD_PARTITIONS], [ALL[3]], "tagged", ["00"], "WARNING",
         asset_config={"recycled_dataset": {"mode": "response"}},

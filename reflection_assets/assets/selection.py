@@ -1,0 +1,213 @@
+"""Selective recycling (V2, arXiv 2402.10110): the student, an observable source like the
+oracle; student_scores (IFD and r-IFD of every variant of every record); selective_dataset
+(what the official rule keeps). selective_adapter is made like the other adapters
+(assets/adapters.py)."""
+
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Optional
+
+import dagster as dg
+import polars as pl
+from pydantic import Field
+
+from reflection_assets.assets.automation import STALE_ONLY
+from reflection_assets.assets.failures import user_errors_fail_the_step
+from reflection_assets.assets.metadata import markdown_table, png_markdown
+from reflection_assets.assets.partitions import RECORD_PARTITIONS, dataset_and_shard
+from reflection_assets.assets.reflection import reflected_responses
+from reflection_assets.assets.resources import DUCKDB_POOL, OWNER, StorageResource
+from reflection_assets.engines.ifd import ScoringError, StudentScorer
+from reflection_assets.engines.selection_store import score_distribution, score_shard, select_shard
+from reflection_assets.engines.student import TrainConfig
+from reflection_assets.method.digests import json_digest
+from reflection_assets.method.selection import DEFAULT_TEMPLATE, TEMPLATE_NAMES, VARIANTS
+
+STUDENT_PREFIX = "REFLECTION_STUDENT_"
+# field: (default, kind, what it means). Each is also REFLECTION_STUDENT_<FIELD>.
+STUDENT_SETTINGS: dict[str, tuple[object, type, str]] = {
+    "model": (TrainConfig.base_model, str, "the model that scores: the adapters' base model (the embedded student by default), a local folder, or a Hugging Face id in the local cache"),
+    "template": (DEFAULT_TEMPLATE, str, f"the prompt layout of the scores: {', '.join(TEMPLATE_NAMES)} (chat: the model's own chat template)"),
+    "max_length": (2048, int, "tokens per scored sequence; a prompt that leaves no room for its span is too_long"),
+    "dtype": ("auto", str, "auto (bfloat16 where the hardware has it), float32 or bfloat16"),
+    "batch_size": (16, int, "sequences per forward pass (also bounded by tokens)"),
+}
+
+
+class StudentResource(dg.ConfigurableResource):
+    """The student that scores variants for selective recycling. A field left unset comes
+    from REFLECTION_STUDENT_<FIELD>, or its default."""
+
+    model: Optional[str] = Field(default=None, description=STUDENT_SETTINGS["model"][2])
+    template: Optional[str] = Field(default=None, description=STUDENT_SETTINGS["template"][2])
+    max_length: Optional[int] = Field(default=None, description=STUDENT_SETTINGS["max_length"][2])
+    dtype: Optional[str] = Field(default=None, description=STUDENT_SETTINGS["dtype"][2])
+    batch_size: Optional[int] = Field(default=None, description=STUDENT_SETTINGS["batch_size"][2])
+
+    def settings_with_sources(self) -> tuple[dict[str, object], dict[str, str]]:
+        values, sources = {}, {}
+        for name, (default, kind, _) in STUDENT_SETTINGS.items():
+            variable = STUDENT_PREFIX + name.upper()
+            if getattr(self, name) is not None:
+                values[name], sources[name] = getattr(self, name), "resource config"
+            elif os.environ.get(variable):
+                raw = os.environ[variable]
+                try:
+                    values[name] = kind(raw)
+                except ValueError:
+                    raise ScoringError(f"{variable}={raw!r}: expected a whole number") from None
+                sources[name] = variable
+            else:
+                values[name], sources[name] = default, "default"
+        return values, sources
+
+    def scorer(self, storage: StorageResource, log=print) -> StudentScorer:
+        values, _ = self.settings_with_sources()
+        return StudentScorer(
+            str(values["model"]), storage.artifacts_path(), str(values["template"]), int(values["max_length"]),  # type: ignore[arg-type]
+            str(values["dtype"]), int(values["batch_size"]), log,  # type: ignore[arg-type]
+        )
+
+    @classmethod
+    def from_environment(cls, environ: Optional[Mapping[str, str]] = None) -> "StudentResource":
+        environ = os.environ if environ is None else environ
+        values = {}
+        for name, (_, kind, _) in STUDENT_SETTINGS.items():
+            variable = STUDENT_PREFIX + name.upper()
+            if environ.get(variable):
+                values[name] = dg.EnvVar(variable) if kind is str else dg.EnvVar.int(variable)
+        return cls(**values)
+
+
+@dg.observable_source_asset(
+    name="student",
+    group_name="oracles",
+    required_resource_keys={"student", "storage"},
+    description="The student that scores variants for selective recycling (REFLECTION_STUDENT_*). "
+    "Its data version is a hash of the model's identity (for the embedded model, its wheel's "
+    "version), the template, max_length and precision: when it changes, student_scores is "
+    "stale and the automation re-scores.",
+    tags={"stage": "oracle"},
+)
+def student(context) -> dg.ObserveResult:
+    resource: StudentResource = context.resources.student
+    with user_errors_fail_the_step():
+        _, sources = resource.settings_with_sources()
+        key = resource.scorer(context.resources.storage).settings_key()
+    metadata = {name: str(value) for name, value in key.items()}
+    metadata["settings_from"] = {name: source for name, source in sources.items() if source != "default"}
+    return dg.ObserveResult(data_version=dg.DataVersion(json_digest(key, ascii=True)), metadata=metadata)
+
+
+def _histogram(frame: pl.DataFrame, path: Path) -> None:
+    """IFD and r-IFD per variant, with the rule's threshold at 1."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2), dpi=100)
+    for ax, column, title in ((axes[0], "ifd", "IFD"), (axes[1], "r_ifd", "r-IFD")):
+        for variant in VARIANTS:
+            values = frame.filter(pl.col("variant") == variant)[column].to_list()
+            if values:
+                ax.hist(values, bins=20, histtype="step", label=f"{variant} ({len(values)})")
+        ax.axvline(1.0, color="black", linestyle=":", linewidth=1)
+        ax.set_title(title)
+        ax.set_xlabel(f"{title} (below 1: the student can use the pair)")
+    axes[0].set_ylabel("variants")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+@dg.asset(
+    partitions_def=RECORD_PARTITIONS,
+    deps=[reflected_responses, student],
+    automation_condition=STALE_ONLY,
+    pool=DUCKDB_POOL,
+    group_name="selection",
+    kinds={"pytorch", "duckdb"},
+    owners=[OWNER],
+    tags={"stage": "selection"},
+    code_version="1",
+)
+def student_scores(context: dg.AssetExecutionContext, storage: StorageResource, student: StudentResource) -> dg.MaterializeResult:
+    """The student's scores of every variant of each record in the shard: original,
+    instruction (phase 1's pair), response (phase 2 on the original; needs reflected_responses
+    with also_original) and both (phase 2 on phase 1's pair). Four perplexities per variant
+    and IFD = ppl(output | prompt) / ppl(output), r-IFD = ppl(instruction | reverse prompt) /
+    ppl(instruction), as the official selection code defines them. A variant that cannot be
+    scored has a status (too_long, empty_output, model_error...) and NULL scores. Scores are
+    cached by model, template and text. Table: selection.student_scores."""
+    dataset, shard = dataset_and_shard(context)
+    db = storage.db()
+    with user_errors_fail_the_step():
+        scorer = student.scorer(storage, context.log.info)
+        summary = score_shard(db, scorer, dataset, shard, context.log.info)
+    distribution = score_distribution(db, dataset, shard)
+    means = distribution.group_by("variant").agg(
+        pl.len().alias("scored"), pl.col("ifd").mean().round(4).alias("mean_ifd"), pl.col("r_ifd").mean().round(4).alias("mean_r_ifd")
+    ).sort("variant")
+    metadata = {
+        "dagster/row_count": summary.rows,
+        "scored_now": summary.computed,
+        "from_cache": summary.cached,
+        "statuses": summary.statuses,
+        "truncated": summary.truncated,
+        "student": str(scorer.settings_key()["model"]),
+        "template": scorer.template,
+        "max_length": scorer.max_length,
+        "dtype": scorer.dtype,
+        "means": markdown_table(means),
+    }
+    if not distribution.is_empty():
+        with tempfile.TemporaryDirectory() as folder:
+            chart = Path(folder) / "scores.png"
+            _histogram(distribution, chart)
+            metadata["distribution"] = png_markdown(chart, "IFD and r-IFD per variant")
+    return dg.MaterializeResult(metadata=metadata)
+
+
+class SelectionConfig(dg.Config):
+    top_k: Optional[float] = None
+    """Keep only this fraction of the selected records, those with the highest IFD (Cherry
+    LLM's few-data variants), within each shard; null: every selected record."""
+
+
+@dg.asset(
+    partitions_def=RECORD_PARTITIONS,
+    deps=[student_scores],
+    automation_condition=STALE_ONLY,
+    pool=DUCKDB_POOL,
+    group_name="selection",
+    kinds={"duckdb"},
+    owners=[OWNER],
+    tags={"stage": "selection"},
+    code_version="1",
+)
+def selective_dataset(context: dg.AssetExecutionContext, config: SelectionConfig, storage: StorageResource) -> dg.MaterializeResult:
+    """The student-selected training set of one shard (V2): per record, the official rule
+    keeps `both` (phase 2 on phase 1's pair) when phase 1 raised IFD and the pair is
+    easier to reverse than phase 1's with IFD and r-IFD below 1, or `response` (phase 2 on
+    the original) under the same test against the original, or nothing. Every decision and
+    its reason: selection.decisions; the kept rows: selection.selective."""
+    dataset, shard = dataset_and_shard(context)
+    with user_errors_fail_the_step():
+        if config.top_k is not None and not 0 < config.top_k <= 1:
+            raise ScoringError(f"top_k={config.top_k}: expected a fraction above 0 and at most 1")
+        summary = select_shard(storage.db(), dataset, shard, config.top_k)
+    kept = summary.kept["both"] + summary.kept["response"] - summary.kept["cut_by_top_k"]
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": kept,
+            "records": summary.records,
+            "kept_share": round(kept / summary.records, 4) if summary.records else 0.0,
+            "kept_by_kind": summary.kept,
+            "top_k": config.top_k if config.top_k is not None else "none",
+            "preview": markdown_table(summary.preview),
+        }
+    )
