@@ -80,11 +80,11 @@ def asset_statuses(instance: dg.DagsterInstance, defs: dg.Definitions, dataset: 
 
 @dataclass(frozen=True)
 class UnobservedChange:
-    """The oracle or judge settings the code location would use now differ from what was
-    last observed: nothing is stale yet, but the next observation makes `affected`
+    """The oracle, judge or student settings the code location would use now differ from
+    what was last observed: nothing is stale yet, but the next observation makes `affected`
     materialized partitions of `asset` stale, and the automation re-runs them."""
 
-    source: str  # oracle, judge
+    source: str  # oracle, judge, student
     observed: str | None  # the fingerprint last observed (None: never observed)
     current: str
     asset: str
@@ -92,17 +92,19 @@ class UnobservedChange:
 
 
 def unobserved_changes(instance: dg.DagsterInstance, statuses: Sequence[AssetStatus]) -> list[UnobservedChange]:
-    from reflection_assets.assets.resources import JudgeResource, OracleResource
+    from reflection_assets.assets.resources import JudgeResource, OracleResource, StorageResource
+    from reflection_assets.assets.selection import StudentResource, student_version
     from reflection_assets.method.profiles import judge_version, reflection_version
 
+    oracle, judge = OracleResource().settings(), JudgeResource().settings()
+    current_versions = (
+        ("oracle", oracle.fingerprint(reflection_version(oracle.prompt_profile)), "reflected_instructions"),
+        ("judge", judge.fingerprint(judge_version(judge.prompt_profile)), "benchmark_scores"),
+        ("student", student_version(StudentResource(), StorageResource())[0], "student_scores"),
+    )
     materialized = {s.asset: s.materialized for s in statuses}
     changes = []
-    for source, resource, version_of, asset in (
-        ("oracle", OracleResource(), reflection_version, "reflected_instructions"),
-        ("judge", JudgeResource(), judge_version, "benchmark_scores"),
-    ):
-        settings = resource.settings()
-        current = settings.fingerprint(version_of(settings.prompt_profile))
+    for source, current, asset in current_versions:
         record = instance.get_latest_data_version_record(dg.AssetKey(source), is_source=True)
         observed = record.asset_observation.data_version if record and record.asset_observation else None
         if observed is not None and observed != current:

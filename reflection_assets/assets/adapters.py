@@ -16,6 +16,7 @@ from reflection_assets.assets.reflection import recycled_dataset
 from reflection_assets.assets.selection import selective_dataset
 from reflection_assets.assets.resources import DUCKDB_POOL, OWNER, StorageResource
 from reflection_assets.engines.adapters import CLEAR_CURRENT, Adapter, train_or_reuse, training_rows
+from reflection_assets.engines.models import model_identity
 from reflection_assets.engines.student import TrainConfig
 
 ALL_SHARDS_OF_DATASET = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="dataset")
@@ -95,7 +96,21 @@ def _train(context: dg.AssetExecutionContext, config: AdapterConfig, storage: St
         adapter = train_or_reuse(
             storage.db(), storage.artifacts_path(), dataset, variant, config.train_config(), context.log.info
         )
-    return dg.MaterializeResult(metadata=_metadata(adapter), data_version=dg.DataVersion(adapter.adapter_id))
+    metadata = _metadata(adapter)
+    if variant == "selective":
+        # V2 selects with the student it trains: say so when the scores came from another model.
+        trained = model_identity(config.base_model, storage.artifacts_path())
+        with storage.db().connect() as con:
+            scorers = [r[0] for r in con.execute(
+                "SELECT DISTINCT student FROM selection.student_scores WHERE dataset = ? ORDER BY 1", [dataset]
+            ).fetchall()]
+        metadata["selected_by"] = ", ".join(scorers)
+        if scorers != [trained]:
+            context.log.warning(
+                f"the records were selected by {', '.join(scorers)}, not by the model this adapter trains "
+                f"({trained}): set REFLECTION_STUDENT_MODEL to the adapters' base_model"
+            )
+    return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(adapter.adapter_id))
 
 
 def _adapter_asset(name: str, upstream: dg.AssetsDefinition, variant: str, description: str):

@@ -81,6 +81,12 @@ class StudentResource(dg.ConfigurableResource):
         return cls(**values)
 
 
+def student_version(resource: StudentResource, storage: StorageResource) -> tuple[str, dict[str, object]]:
+    """The student's data version (a hash of what changes its scores) and what it hashes."""
+    key = resource.scorer(storage).settings_key()
+    return json_digest(key, ascii=True), key
+
+
 @dg.observable_source_asset(
     name="student",
     group_name="oracles",
@@ -95,10 +101,10 @@ def student(context) -> dg.ObserveResult:
     resource: StudentResource = context.resources.student
     with user_errors_fail_the_step():
         _, sources = resource.settings_with_sources()
-        key = resource.scorer(context.resources.storage).settings_key()
+        version, key = student_version(resource, context.resources.storage)
     metadata = {name: str(value) for name, value in key.items()}
     metadata["settings_from"] = {name: source for name, source in sources.items() if source != "default"}
-    return dg.ObserveResult(data_version=dg.DataVersion(json_digest(key, ascii=True)), metadata=metadata)
+    return dg.ObserveResult(data_version=dg.DataVersion(version), metadata=metadata)
 
 
 def _histogram(frame: pl.DataFrame, path: Path) -> None:

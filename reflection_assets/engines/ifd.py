@@ -150,7 +150,8 @@ class StudentScorer:
     def _span_pair(self, prompt: str, span: str) -> tuple[_Sequence, _Sequence] | str:
         """(conditional, alone) sequences for a span after a prompt, or why there are none."""
         head, tail = self.specials()
-        prompt_ids = head + self._ids(prompt)
+        # A chat template's text already begins with the model's own special tokens.
+        prompt_ids = (head if self.template != "chat" else []) + self._ids(prompt)
         room = self.max_length - len(prompt_ids)
         if room < 1:
             return f"too_long: the prompt is {len(prompt_ids)} tokens, max_length {self.max_length}"

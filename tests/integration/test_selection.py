@@ -133,7 +133,7 @@ def query(home, sql, params=()):
         return con.execute(sql, list(params)).fetchall()
 
 
-def test_student_scores_and_selective_dataset(home, v2, tmp_path, capsys, monkeypatch):
+def test_student_scores_and_selective_dataset(home, v2, tmp_path, capsys, monkeypatch, shared_artifacts):
     from reflection_assets.cli import main
 
     outcomes = run(v2, V2)
@@ -183,11 +183,28 @@ def test_student_scores_and_selective_dataset(home, v2, tmp_path, capsys, monkey
     printed = capsys.readouterr().out
     assert "student scores (selective recycling):" in printed and "selective: " in printed
 
+    # the selective adapter trains on the kept rows and names the model that selected them
+    from reflection_assets.definitions import DATASETS
+    from reflection_assets.engines.models import model_identity
+    from reflection_assets.runner import run_dataset_partition
+
+    [trained] = run_dataset_partition(
+        v2, defs, JOB_FOR_PARTITIONS[DATASETS], [dg.AssetKey("selective_adapter")], "v2", "WARNING",
+        {"selective_adapter": {"max_steps": 1, "batch_size": 2, "max_length": 96, "holdout_fraction": 0.0}},
+    )
+    assert trained.success, trained.error
+    md = v2.get_latest_materialization_event(dg.AssetKey("selective_adapter")).asset_materialization.metadata
+    assert md["records"].value == len(selected) > 0
+    assert md["selected_by"].value == model_identity("SmolLM2-135M-Instruct", shared_artifacts)
+
     # a new template is a new student: once observed, every scored shard is stale
     from reflection_assets.runner import observe
-    from reflection_assets.status import asset_statuses
+    from reflection_assets.status import asset_statuses, unobserved_changes
 
     monkeypatch.setenv("REFLECTION_STUDENT_TEMPLATE", "alpaca")
+    statuses = asset_statuses(v2, defs, "v2", [dg.AssetKey("student_scores")])
+    [change] = [c for c in unobserved_changes(v2, statuses) if c.source == "student"]
+    assert (change.asset, change.affected) == ("student_scores", statuses[0].materialized)  # `reflection status` says so
     observe(v2, defs)
     [status] = asset_statuses(v2, defs, "v2", [dg.AssetKey("student_scores")])
     assert status.reasons() == {"student changed": status.materialized}
