@@ -93,20 +93,23 @@ class StudentScorer:
         self._tokenizer = None
         self._model = None
         self._specials: tuple[list[int], list[int]] | None = None
+        self._settings_key: dict[str, object] | None = None
 
     # ------------------------------------------------------------ identity
 
     def settings_key(self) -> dict[str, object]:
         """What changes a score besides the text: the cache key and the fingerprint."""
-        from reflection_assets.engines.models import model_identity
+        if self._settings_key is None:
+            from reflection_assets.engines.models import model_identity
 
-        return {
-            "model": model_identity(self.model_name, self.artifacts),
-            "template": self.template,
-            "max_length": self.max_length,
-            "dtype": self.dtype,
-            "definition": "official-v1",
-        }
+            self._settings_key = {
+                "model": model_identity(self.model_name, self.artifacts),
+                "template": self.template,
+                "max_length": self.max_length,
+                "dtype": self.dtype,
+                "definition": "official-v1",
+            }
+        return self._settings_key
 
     def key(self, pair: Pair) -> str:
         return json_digest([self.settings_key(), pair.instruction, pair.input, pair.output], ascii=True)
@@ -170,11 +173,7 @@ class StudentScorer:
         if span.strip() == "":
             return PairScore("empty_instruction", "the instruction and input are empty", None)
         output_pair = self._span_pair(self._prompt(pair.instruction, pair.input), pair.output)
-        if self.template == "chat":
-            reverse = self._prompt(reverse_instruction(pair.output), "")
-        else:
-            reverse = fill(self.template, reverse_instruction(pair.output), "")
-        instruction_pair = self._span_pair(reverse, span)
+        instruction_pair = self._span_pair(self._prompt(reverse_instruction(pair.output), ""), span)
         for which, made in (("output", output_pair), ("instruction", instruction_pair)):
             if isinstance(made, str):
                 status, _, why = made.partition(": ")

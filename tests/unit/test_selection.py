@@ -106,3 +106,13 @@ def test_ratios_are_perplexity_ratios():
     assert p.ifd == pytest.approx(2.718281828 ** (1.0 - 2.0))
     assert p.r_ifd == pytest.approx(2.718281828 ** (0.5 - 1.5))
     assert p.ifd_loss == 0.5 and p.r_ifd_loss == pytest.approx(1 / 3)
+
+
+def test_the_readme_lists_every_student_setting_with_its_default():
+    from pathlib import Path
+
+    from reflection_assets.assets.selection import STUDENT_PREFIX, STUDENT_SETTINGS
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    for name, (default, _, _) in STUDENT_SETTINGS.items():
+        assert f"| `{STUDENT_PREFIX}{name.upper()}` | `{default}` |" in readme, name
