@@ -15,7 +15,7 @@ from reflection_assets.assets.raw import raw_dataset
 from reflection_assets.assets.reflection import recycled_dataset
 from reflection_assets.assets.selection import selective_dataset
 from reflection_assets.assets.resources import DUCKDB_POOL, OWNER, StorageResource
-from reflection_assets.engines.adapters import CLEAR_CURRENT, Adapter, train_or_reuse, training_rows
+from reflection_assets.engines.adapters import CLEAR_CURRENT, Adapter, has_training_rows, train_or_reuse
 from reflection_assets.engines.models import model_identity
 from reflection_assets.engines.student import TrainConfig
 
@@ -82,7 +82,7 @@ def _metadata(adapter: Adapter) -> dict:
 
 def _train(context: dg.AssetExecutionContext, config: AdapterConfig, storage: StorageResource, variant: str):
     dataset = context.partition_key
-    if variant == "selective" and not training_rows(storage.db(), dataset, variant):
+    if variant == "selective" and not has_training_rows(storage.db(), dataset, variant):
         # The student kept no record: no adapter, and the benchmark compares V1 alone. A
         # failure here would also stop benchmark_scores in the same run.
         context.log.warning(f"the student selected no record of {dataset!r}: no selective adapter to train")

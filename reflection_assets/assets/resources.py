@@ -96,30 +96,39 @@ class _LLMResource(dg.ConfigurableResource):
 
     @classmethod
     def from_environment(cls, environ: Optional[Mapping[str, str]] = None) -> "_LLMResource":
-        """The resource as the code location builds it: each text or whole-number setting set
-        in the environment is a `dg.EnvVar`, so the UI shows which variable it comes from
-        (numbers with decimals cannot be: Dagster has no float EnvVar; they, and everything
-        unset here, are read from the environment when the resource is used)."""
-        environ = os.environ if environ is None else environ
-        values: dict[str, object] = {}
-        for entry in env_settings():
-            for prefix in dict.fromkeys((cls.ENV_PREFIX, ORACLE_PREFIX)):
-                variable = prefix + entry.env
-                if environ.get(variable) and entry.kind in (str, int):
-                    values[entry.name] = dg.EnvVar(variable) if entry.kind is str else dg.EnvVar.int(variable)
-                    break
-        return cls(**values)
+        """The resource as the code location builds it (env_var_values): the judge's
+        variables first, then the oracle's."""
+        return cls(**env_var_values(env_settings(), (cls.ENV_PREFIX, ORACLE_PREFIX), environ))
+
+
+def env_var_values(
+    entries: list[EnvSetting], prefixes: tuple[str, ...], environ: Optional[Mapping[str, str]] = None
+) -> dict[str, object]:
+    """A resource's fields as the code location builds them: each text or whole-number
+    setting set in the environment (under the first prefix that sets it) as a `dg.EnvVar`,
+    so the UI shows which variable it comes from. Numbers with decimals cannot be (Dagster
+    has no float EnvVar); they, and everything unset, are read when the resource is used."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, object] = {}
+    for entry in entries:
+        for prefix in dict.fromkeys(prefixes):
+            variable = prefix + entry.env
+            if environ.get(variable) and entry.kind in (str, int):
+                values[entry.name] = dg.EnvVar(variable) if entry.kind is str else dg.EnvVar.int(variable)
+                break
+    return values
+
+
+def resource_field(entry: EnvSetting, unset: str) -> tuple[object, object]:
+    """A resource field for a setting: optional, described by its doc, default and where an
+    unset value comes from."""
+    default = "" if entry.default is None else f" Default: {entry.default}."
+    return (Optional[entry.kind], Field(default=None, description=f"{entry.doc}.{default} Unset: {unset}."))
 
 
 def _field(entry: EnvSetting) -> tuple[object, object]:
-    default = "" if entry.default is None else f" Default: {entry.default}."
-    return (
-        Optional[entry.kind],
-        Field(
-            default=None,
-            description=f"{entry.doc}.{default} Unset: REFLECTION_ORACLE_{entry.env} "
-            f"(the judge: REFLECTION_JUDGE_{entry.env}, then the oracle's).",
-        ),
+    return resource_field(
+        entry, f"REFLECTION_ORACLE_{entry.env} (the judge: REFLECTION_JUDGE_{entry.env}, then the oracle's)"
     )
 
 

@@ -3,7 +3,6 @@ oracle; student_scores (IFD and r-IFD of every variant of every record); selecti
 (what the official rule keeps). selective_adapter is made like the other adapters
 (assets/adapters.py)."""
 
-import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -11,77 +10,46 @@ from typing import Optional
 
 import dagster as dg
 import polars as pl
-from pydantic import Field
+from pydantic import create_model
 
 from reflection_assets.assets.automation import STALE_ONLY
 from reflection_assets.assets.failures import user_errors_fail_the_step
 from reflection_assets.assets.metadata import markdown_table, png_markdown
 from reflection_assets.assets.partitions import RECORD_PARTITIONS, dataset_and_shard
 from reflection_assets.assets.reflection import reflected_responses
-from reflection_assets.assets.resources import DUCKDB_POOL, OWNER, StorageResource
-from reflection_assets.engines.ifd import ScoringError, StudentScorer
+from reflection_assets.assets.resources import DUCKDB_POOL, OWNER, StorageResource, env_var_values, resource_field
+from reflection_assets.engines.ifd import STUDENT_PREFIX, ScoringError, StudentScorer, StudentSettings
+from reflection_assets.engines.oracle.settings import env_settings, read_settings
 from reflection_assets.engines.selection_store import score_distribution, score_shard, select_shard
-from reflection_assets.engines.student import TrainConfig
 from reflection_assets.method.digests import json_digest
-from reflection_assets.method.selection import DEFAULT_TEMPLATE, TEMPLATE_NAMES, VARIANTS
-
-STUDENT_PREFIX = "REFLECTION_STUDENT_"
-# field: (default, kind, what it means). Each is also REFLECTION_STUDENT_<FIELD>.
-STUDENT_SETTINGS: dict[str, tuple[object, type, str]] = {
-    "model": (TrainConfig.base_model, str, "the model that scores: the adapters' base model (the embedded student by default), a local folder, or a Hugging Face id in the local cache"),
-    "template": (DEFAULT_TEMPLATE, str, f"the prompt layout of the scores: {', '.join(TEMPLATE_NAMES)} (chat: the model's own chat template)"),
-    "max_length": (2048, int, "tokens per scored sequence; a prompt that leaves no room for its span is too_long"),
-    "dtype": ("auto", str, "auto (bfloat16 where the hardware has it), float32 or bfloat16"),
-    "batch_size": (16, int, "sequences per forward pass (also bounded by tokens)"),
-}
+from reflection_assets.method.selection import VARIANTS
 
 
-class StudentResource(dg.ConfigurableResource):
-    """The student that scores variants for selective recycling. A field left unset comes
-    from REFLECTION_STUDENT_<FIELD>, or its default."""
-
-    model: Optional[str] = Field(default=None, description=STUDENT_SETTINGS["model"][2])
-    template: Optional[str] = Field(default=None, description=STUDENT_SETTINGS["template"][2])
-    max_length: Optional[int] = Field(default=None, description=STUDENT_SETTINGS["max_length"][2])
-    dtype: Optional[str] = Field(default=None, description=STUDENT_SETTINGS["dtype"][2])
-    batch_size: Optional[int] = Field(default=None, description=STUDENT_SETTINGS["batch_size"][2])
-
-    def settings_with_sources(self) -> tuple[dict[str, object], dict[str, str]]:
-        values, sources = {}, {}
-        for name, (default, kind, _) in STUDENT_SETTINGS.items():
-            variable = STUDENT_PREFIX + name.upper()
-            if getattr(self, name) is not None:
-                values[name], sources[name] = getattr(self, name), "resource config"
-            elif os.environ.get(variable):
-                raw = os.environ[variable]
-                try:
-                    values[name] = kind(raw)
-                except ValueError:
-                    raise ScoringError(f"{variable}={raw!r}: expected a whole number") from None
-                sources[name] = variable
-            else:
-                values[name], sources[name] = default, "default"
-        return values, sources
+class _StudentResourceBase(dg.ConfigurableResource):
+    def settings_with_sources(self) -> tuple[StudentSettings, dict[str, str]]:
+        overrides = {entry.name: getattr(self, entry.name) for entry in env_settings(StudentSettings)}
+        return read_settings(StudentSettings, STUDENT_PREFIX, **overrides)  # type: ignore[return-value]
 
     def scorer(self, storage: StorageResource, log=print) -> StudentScorer:
-        values, _ = self.settings_with_sources()
-        return StudentScorer(
-            str(values["model"]), storage.artifacts_path(), str(values["template"]), int(values["max_length"]),  # type: ignore[arg-type]
-            str(values["dtype"]), int(values["batch_size"]), log,  # type: ignore[arg-type]
-        )
+        return StudentScorer.of(self.settings_with_sources()[0], storage.artifacts_path(), log)
 
     @classmethod
-    def from_environment(cls, environ: Optional[Mapping[str, str]] = None) -> "StudentResource":
-        environ = os.environ if environ is None else environ
-        values = {}
-        for name, (_, kind, _) in STUDENT_SETTINGS.items():
-            variable = STUDENT_PREFIX + name.upper()
-            if environ.get(variable):
-                values[name] = dg.EnvVar(variable) if kind is str else dg.EnvVar.int(variable)
-        return cls(**values)
+    def from_environment(cls, environ: Optional[Mapping[str, str]] = None) -> "_StudentResourceBase":
+        return cls(**env_var_values(env_settings(StudentSettings), (STUDENT_PREFIX,), environ))
 
 
-def student_version(resource: StudentResource, storage: StorageResource) -> tuple[str, dict[str, object]]:
+StudentResource = create_model(
+    "StudentResource",
+    __base__=_StudentResourceBase,
+    __module__=__name__,
+    __doc__="The student that scores variants for selective recycling. Every field is a "
+    "setting of StudentSettings (engines/ifd.py); a field left unset comes from its "
+    "REFLECTION_STUDENT_* environment variable, or the default.",
+    **{e.name: resource_field(e, STUDENT_PREFIX + e.env) for e in env_settings(StudentSettings)},
+)
+
+
+def student_version(resource: _StudentResourceBase, storage: StorageResource) -> tuple[str, dict[str, object]]:
     """The student's data version (a hash of what changes its scores) and what it hashes."""
     key = resource.scorer(storage).settings_key()
     return json_digest(key, ascii=True), key
@@ -98,7 +66,7 @@ def student_version(resource: StudentResource, storage: StorageResource) -> tupl
     tags={"stage": "oracle"},
 )
 def student(context) -> dg.ObserveResult:
-    resource: StudentResource = context.resources.student
+    resource: _StudentResourceBase = context.resources.student
     with user_errors_fail_the_step():
         _, sources = resource.settings_with_sources()
         version, key = student_version(resource, context.resources.storage)
@@ -148,7 +116,7 @@ def _histogram(frame: pl.DataFrame, path: Path) -> None:
     tags={"stage": "selection"},
     code_version="1",
 )
-def student_scores(context: dg.AssetExecutionContext, storage: StorageResource, student: StudentResource) -> dg.MaterializeResult:
+def student_scores(context: dg.AssetExecutionContext, storage: StorageResource, student: StudentResource) -> dg.MaterializeResult:  # type: ignore[valid-type]
     """The student's scores of every variant of each record in the shard: original,
     instruction (phase 1's pair), response (phase 2 on the original; needs reflected_responses
     with also_original) and both (phase 2 on phase 1's pair). Four perplexities per variant

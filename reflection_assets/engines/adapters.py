@@ -50,6 +50,12 @@ def training_rows(
     return [row for row in rows if not held_out(row[0], holdout_fraction)]
 
 
+def has_training_rows(db: Database, dataset: str, variant: str) -> bool:
+    """Whether the variant's source holds any row of the dataset (the held-out slice aside)."""
+    with db.connect() as con:
+        return con.execute(f"SELECT count(*) FROM {VARIANT_SOURCES[variant]} WHERE dataset = ?", [dataset]).fetchone()[0] > 0
+
+
 # The adapter the variant's asset last materialized: what benchmark_scores evaluates.
 SET_CURRENT = """
     INSERT INTO training.current_adapters (dataset, variant, adapter_id) VALUES (?, ?, ?)

@@ -23,9 +23,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from reflection_assets.engines.oracle.settings import DTYPES, setting
+from reflection_assets.engines.student import TrainConfig
 from reflection_assets.errors import UserError
 from reflection_assets.method.digests import json_digest
 from reflection_assets.method.selection import (
+    DEFAULT_TEMPLATE,
     OK,
     TEMPLATE_NAMES,
     Perplexities,
@@ -43,6 +46,21 @@ MAX_BATCH_TOKENS = 8192
 
 class ScoringError(UserError):
     """Scoring cannot start with these settings. The message is meant for the user."""
+
+
+STUDENT_PREFIX = "REFLECTION_STUDENT_"
+
+
+@dataclass(frozen=True)
+class StudentSettings:
+    """The student that scores variants; each field is also REFLECTION_STUDENT_<env>. The
+    resource, its descriptions and the README's table come from here."""
+
+    model: str = setting(TrainConfig.base_model, "MODEL", "the scoring model: use the adapters' `base_model` (`selective_adapter` warns, and names the scorer in `selected_by`, when they differ)")
+    template: str = setting(DEFAULT_TEMPLATE, "TEMPLATE", "`vicuna` (the official default), `alpaca`, `wizardlm`, or `chat` (the model's own chat template)")
+    max_length: int = setting(2048, "MAX_LENGTH", "tokens per scored sequence")
+    dtype: str = setting("auto", "DTYPE", "`auto` (bfloat16 autocast where the hardware has it), `float32`, `bfloat16`")
+    batch_size: int = setting(16, "BATCH_SIZE", "sequences per forward pass (also bounded by tokens)")
 
 
 @dataclass(frozen=True)
@@ -85,6 +103,8 @@ class StudentScorer:
 
         if template not in TEMPLATE_NAMES:
             raise ScoringError(f"template {template!r}: expected one of {', '.join(TEMPLATE_NAMES)}")
+        if dtype not in DTYPES:
+            raise ScoringError(f"dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
         if max_length < 2 or batch_size < 1:
             raise ScoringError("max_length must be 2 or more and batch_size 1 or more")
         self.model_name, self.artifacts, self.template = model, artifacts, template
@@ -94,6 +114,10 @@ class StudentScorer:
         self._model = None
         self._specials: tuple[list[int], list[int]] | None = None
         self._settings_key: dict[str, object] | None = None
+
+    @classmethod
+    def of(cls, settings: StudentSettings, artifacts: str | Path, log: Log = print) -> "StudentScorer":
+        return cls(settings.model, artifacts, settings.template, settings.max_length, settings.dtype, settings.batch_size, log)
 
     # ------------------------------------------------------------ identity
 
@@ -150,21 +174,23 @@ class StudentScorer:
             return self.tokenizer().apply_chat_template(user, add_generation_prompt=True, tokenize=False)
         return fill(self.template, instruction, input_text)
 
-    def _span_pair(self, prompt: str, span: str) -> tuple[_Sequence, _Sequence] | str:
-        """(conditional, alone) sequences for a span after a prompt, or why there are none."""
+    def _span_pair(self, prompt: str, span: str) -> tuple[_Sequence, _Sequence, bool] | str:
+        """(conditional, alone, whether the span was cut) for a span after a prompt, or why
+        there are none."""
         head, tail = self.specials()
         # A chat template's text already begins with the model's own special tokens.
         prompt_ids = (head if self.template != "chat" else []) + self._ids(prompt)
         room = self.max_length - len(prompt_ids)
         if room < 1:
             return f"too_long: the prompt is {len(prompt_ids)} tokens, max_length {self.max_length}"
-        target = (self._ids(span) + tail)[:room]
+        whole = self._ids(span) + tail
+        target = whole[:room]
         alone = head + target
         if len(alone) < 2 and not head:
             return "too_short: the span is one token, which the model cannot predict without context"
         conditional = _Sequence(prompt_ids + target, [IGNORE] * len(prompt_ids) + target)
         # labels = input_ids, as the official code: every token after the first is predicted.
-        return conditional, _Sequence(alone, list(alone))
+        return conditional, _Sequence(alone, list(alone)), len(target) < len(whole)
 
     def _sequences(self, pair: Pair) -> tuple[list[_Sequence], bool] | PairScore:
         if pair.output.strip() == "":
@@ -178,10 +204,7 @@ class StudentScorer:
             if isinstance(made, str):
                 status, _, why = made.partition(": ")
                 return PairScore(status, f"{which}: {why}", None)
-        head, tail = self.specials()
-        full = [len(self._ids(pair.output) + tail), len(self._ids(span) + tail)]
-        kept = [sum(1 for x in output_pair[0].labels if x != IGNORE), sum(1 for x in instruction_pair[0].labels if x != IGNORE)]  # type: ignore[union-attr]
-        return [*output_pair, *instruction_pair], full != kept  # type: ignore[misc]
+        return [*output_pair[:2], *instruction_pair[:2]], output_pair[2] or instruction_pair[2]  # type: ignore[index]
 
     # ------------------------------------------------------------ the model
 

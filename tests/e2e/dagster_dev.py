@@ -62,11 +62,16 @@ def dagster_dev(env: dict, startup_s: float = 180) -> Iterator[int]:
             time.sleep(1)
         yield port
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_group(proc)
+
+
+def stop_group(process: subprocess.Popen) -> None:
+    """SIGTERM the process group a server was started in; SIGKILL it after 30 s."""
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
 
 
 LAUNCH = """

@@ -10,7 +10,6 @@ temporary folder on a free port on 127.0.0.1 and stopped afterwards."""
 import glob
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -21,7 +20,7 @@ import duckdb
 import pytest
 
 from tests.conftest import alpaca_rows, write_json
-from tests.e2e.dagster_dev import BIN, REPO, free_port, graphql
+from tests.e2e.dagster_dev import BIN, REPO, free_port, graphql, stop_group
 from tests.fakes import reflection_oracle
 from tests.fakes.openai_server import FakeOpenAI
 
@@ -61,14 +60,6 @@ def postgres():
 def _start(command: list[str], env: dict, log: Path) -> subprocess.Popen:
     return subprocess.Popen(command, cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
                             start_new_session=True)
-
-
-def _stop(process: subprocess.Popen) -> None:
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
 
 
 BACKFILL = """
@@ -151,8 +142,8 @@ def test_a_backfill_through_the_webserver_with_the_instance_in_postgresql(postgr
                 assert time.monotonic() < deadline, "the automation sensor did not tick in 120 s"
                 time.sleep(3)
         finally:
-            _stop(web)
-            _stop(daemon)
+            stop_group(web)
+            stop_group(daemon)
 
     assert sorted(r["status"] for r in backfill_runs) == ["SUCCESS"] * len(shards), backfill_runs
     assert not [t for t in ticks if t["status"] == "FAILURE"], ticks

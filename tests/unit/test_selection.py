@@ -111,8 +111,9 @@ def test_ratios_are_perplexity_ratios():
 def test_the_readme_lists_every_student_setting_with_its_default():
     from pathlib import Path
 
-    from reflection_assets.assets.selection import STUDENT_PREFIX, STUDENT_SETTINGS
+    from reflection_assets.engines.ifd import STUDENT_PREFIX, StudentSettings
+    from reflection_assets.engines.oracle.settings import env_settings
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    for name, (default, _, _) in STUDENT_SETTINGS.items():
-        assert f"| `{STUDENT_PREFIX}{name.upper()}` | `{default}` |" in readme, name
+    for entry in env_settings(StudentSettings):
+        assert f"| `{STUDENT_PREFIX}{entry.env}` | `{entry.default}` | {entry.doc} |" in readme, entry.name

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 
 from reflection_assets.errors import SettingsError
@@ -113,19 +114,20 @@ def _kind(annotation: object) -> type:
 
 @dataclass(frozen=True)
 class EnvSetting:
-    name: str  # the field of OracleSettings
-    env: str  # the suffix after REFLECTION_ORACLE_ / REFLECTION_JUDGE_
+    name: str  # the field of the settings class
+    env: str  # the suffix after the prefix (REFLECTION_ORACLE_, REFLECTION_JUDGE_, ...)
     kind: type
     doc: str
     default: object
 
 
-def env_settings() -> list[EnvSetting]:
-    """Every setting read from the environment, in declaration order."""
-    hints = typing.get_type_hints(OracleSettings)
+def env_settings(cls: type = OracleSettings) -> list[EnvSetting]:
+    """Every setting of a settings class (OracleSettings by default, or any dataclass whose
+    fields are made with `setting`) read from the environment, in declaration order."""
+    hints = typing.get_type_hints(cls)
     return [
         EnvSetting(f.name, f.metadata["env"], _kind(hints[f.name]), f.metadata["doc"], f.default)
-        for f in fields(OracleSettings)
+        for f in fields(cls)
         if "env" in f.metadata
     ]
 
@@ -144,10 +146,10 @@ def resolve_dtype(dtype: str) -> str:
     return "bfloat16" if supported or amx else "float32"
 
 
-def _read_env(prefix: str, environ: dict[str, str]) -> dict[str, tuple[object, str]]:
+def _read_env(prefix: str, environ: Mapping[str, str], cls: type = OracleSettings) -> dict[str, tuple[object, str]]:
     """{field: (value, the variable it came from)} for the variables set under `prefix`."""
     values: dict[str, tuple[object, str]] = {}
-    for entry in env_settings():
+    for entry in env_settings(cls):
         variable = prefix + entry.env
         raw = environ.get(variable)
         if raw is None or raw == "":
@@ -160,6 +162,18 @@ def _read_env(prefix: str, environ: dict[str, str]) -> dict[str, tuple[object, s
                 f"{variable}={shown}: expected {'a number' if entry.kind is not str else 'text'}"
             ) from None
     return values
+
+
+def read_settings(
+    cls: type, prefix: str, environ: Mapping[str, str] | None = None, **overrides: object
+) -> tuple[object, dict[str, str]]:
+    """A settings class filled from the environment under `prefix`, explicit overrides (not
+    None) winning, and where each value came from (the variable, `resource`, or `default`).
+    The oracle and the judge add their own rules on top (settings_with_sources)."""
+    found = _read_env(prefix, os.environ if environ is None else environ, cls)
+    found.update({k: (v, "resource") for k, v in overrides.items() if v is not None})
+    settings = cls(**{name: value for name, (value, _) in found.items()})
+    return settings, {e.name: found[e.name][1] if e.name in found else "default" for e in env_settings(cls)}
 
 
 def settings_with_sources(
