@@ -70,7 +70,7 @@ def student(context) -> dg.ObserveResult:
     with user_errors_fail_the_step():
         _, sources = resource.settings_with_sources()
         version, key = student_version(resource, context.resources.storage)
-    metadata = {name: str(value) for name, value in key.items()}
+    metadata = {"fingerprint": version, **{name: str(value) for name, value in key.items()}}
     metadata["settings_from"] = {name: source for name, source in sources.items() if source != "default"}
     return dg.ObserveResult(data_version=dg.DataVersion(version), metadata=metadata)
 

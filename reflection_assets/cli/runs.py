@@ -107,7 +107,11 @@ def cmd_observe(args: argparse.Namespace) -> int:
     from reflection_assets.runner import observe
 
     for key, facts in observe(ensure_instance(), defs).items():
-        print(f"{key:<8} fingerprint {facts['fingerprint']}  {facts['backend']} {facts['model']} ({facts['prompt_version']})")
+        if "backend" in facts:  # the oracle and the judge
+            what = f"{facts['backend']} {facts['model']} ({facts['prompt_version']})"
+        else:  # the scoring student
+            what = f"{facts['model']}, template {facts['template']}, max_length {facts['max_length']}, {facts['dtype']}"
+        print(f"{key:<8} fingerprint {facts['fingerprint']}  {what}")
     return 0
 
 

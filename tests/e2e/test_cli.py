@@ -169,3 +169,13 @@ def test_a_bad_setting_is_one_line_and_a_bug_keeps_its_traceback(tmp_path, monke
     monkeypatch.setattr(cli, "cmd_scores", broken)
     with pytest.raises(RuntimeError, match="a bug"):
         cli.main(["scores"])
+
+
+def test_observe_prints_the_oracle_the_judge_and_the_student(tmp_path):
+    env = make_env(tmp_path / "home")
+    observed = reflection("observe", env=dict(env, REFLECTION_STUDENT_TEMPLATE="alpaca"))
+    assert observed.returncode == 0, observed.stderr
+    lines = {line.split()[0]: line for line in observed.stdout.splitlines()}
+    assert set(lines) == {"oracle", "judge", "student"}
+    assert "local SmolLM2-135M-Instruct" in lines["oracle"]
+    assert "template alpaca" in lines["student"] and "fingerprint " in lines["student"]
