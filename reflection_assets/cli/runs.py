@@ -177,6 +177,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         if any(o.interrupted for o in outcomes):
             break
     _print_summary(outcomes)
+    from reflection_assets.engines.lineage import recycling_summary
+
+    for spec in specs:
+        for line in recycling_summary(storage_resource().db(), spec.name):
+            print(line)
     if any(o.interrupted for o in outcomes):
         print("reflection: interrupted; nothing more was launched", file=sys.stderr)
         return 130

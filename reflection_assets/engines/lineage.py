@@ -91,3 +91,29 @@ def oracle_spend(db: Database, dataset: str) -> list[tuple[str, int, int, float]
             [dataset],
         ).fetchall()
     return [tuple(r) for r in reflection] + [tuple(r) for r in judge if r[1]]
+
+
+def recycling_summary(db: Database, dataset: str) -> list[str]:
+    """What recycling and selection made of a dataset, in a line each (none for a stage
+    with no rows yet): for the end of `reflection run`."""
+    names = {"both": "rewritten in both phases", "instruction_reflected": "in phase 1 only (new instruction and answer)",
+             "response_reflected": "in phase 2 only (a better answer)", "original": "kept as they were"}
+    with db.connect() as con:
+        recycled = dict(con.execute(
+            "SELECT provenance, count(*) FROM reflect.recycled WHERE dataset = ? GROUP BY 1", [dataset]
+        ).fetchall())
+        kept = dict(con.execute(
+            "SELECT coalesce(CASE WHEN cut_by_top_k THEN NULL ELSE kept END, 'none'), count(*) "
+            "FROM selection.decisions WHERE dataset = ? GROUP BY 1", [dataset]
+        ).fetchall())
+    lines = []
+    if recycled:
+        parts = ", ".join(f"{recycled[p]} {text}" for p, text in names.items() if recycled.get(p))
+        lines.append(f"  {dataset} recycled: {sum(recycled.values())} pairs, {parts}")
+    if kept:
+        total, none = sum(kept.values()), kept.get("none", 0)
+        lines.append(
+            f"  {dataset} selected by the student (V2): {total - none} of {total} records "
+            f"({kept.get('both', 0)} both phases, {kept.get('response', 0)} answer only)"
+        )
+    return lines

@@ -155,6 +155,13 @@ def test_student_scores_and_selective_dataset(home, v2, tmp_path, capsys, monkey
                        "ON c.record_id = s.record_id AND c.variant = s.kind WHERE c.ifd >= 1 OR c.r_ifd >= 1") == [(0,)]
     md = v2.get_latest_materialization_event(dg.AssetKey("student_scores")).asset_materialization.metadata
     assert {"distribution", "means", "statuses", "scored_now"} <= set(md)
+    from reflection_assets.assets.resources import StorageResource
+    from reflection_assets.engines.lineage import recycling_summary
+
+    [chosen] = recycling_summary(StorageResource().db(), "v2")  # what `reflection run` ends with (no recycled_dataset here)
+    both = sum(k == "both" for k in kept.values())
+    assert chosen == (f"  v2 selected by the student (V2): {len(kept)} of {len(ROWS)} records "
+                      f"({both} both phases, {len(kept) - both} answer only)")
 
     # re-materializing with nothing changed computes nothing
     shard = query(home, "SELECT any_value(shard) FROM raw.records")[0][0]
