@@ -3,6 +3,7 @@ Dagster instance and database. `reflection run` and the main job are built on it
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -81,14 +82,22 @@ def _failure_message(result: dg.ExecuteInProcessResult) -> str:
         return "canceled: interrupted by SIGTERM or Ctrl-C"
     if _interrupted(result):
         return "interrupted by SIGTERM or Ctrl-C; the replies it received are stored"
-    messages = []
-    for event in result.all_events:
-        if event.is_step_failure and event.step_failure_data:
-            error = event.step_failure_data.error
-            user_error = error.cause if error and error.cause else error
-            text = (user_error.message if user_error else "unknown error").strip()
-            messages.append(f"{event.step_key}: {text}")
+    messages = [
+        f"{event.step_key}: {_step_failure_text(event)}"
+        for event in result.all_events
+        if event.is_step_failure and event.step_failure_data
+    ]
     return "; ".join(messages) or "the run failed"
+
+
+def _step_failure_text(event) -> str:
+    """A failed step's error as the user should read it: the cause when Dagster wrapped it."""
+    failure = event.step_failure_data
+    if failure and failure.user_failure_data and failure.user_failure_data.description:
+        return failure.user_failure_data.description.strip()  # a dg.Failure's own words
+    error = failure.error if failure else None
+    user_error = error.cause if error and error.cause else error
+    return (user_error.message if user_error else "unknown error").strip()
 
 
 def _collect(result: dg.ExecuteInProcessResult, outcome: RunOutcome) -> None:
@@ -139,29 +148,36 @@ def run_dataset_partition(
     return run_partitions(instance, defs, job_name, keys, [(dataset, dataset, None)], log_level, asset_config)
 
 
-def observe(instance: dg.DagsterInstance, defs: dg.Definitions, raise_on_error: bool = True) -> dict[str, dict]:
-    """Observe the oracle and the judge now: {source: what the observation recorded}."""
+def observe(instance: dg.DagsterInstance, defs: dg.Definitions) -> dict[str, dict]:
+    """Observe the oracle, the judge and the student now: {source: what the observation
+    recorded}, or {source: {"error": why}} for one that failed (a probe that got no answer:
+    its data version stays as it was)."""
     result = defs.resolve_job_def(OBSERVE_JOB).execute_in_process(
         instance=instance,
-        raise_on_error=raise_on_error,
+        raise_on_error=False,
         tags=cli_tags(),
-        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+        run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
     )
-    observed = {}
+    observed: dict[str, dict] = {}
     for event in result.all_events:
         if event.event_type_value == "ASSET_OBSERVATION":
             observation = event.asset_observation_data.asset_observation
             observed[observation.asset_key.to_user_string()] = {k: v.value for k, v in observation.metadata.items()}
+        elif event.is_step_failure and event.step_key:
+            observed[event.step_key] = {"error": _step_failure_text(event)}
     return observed
 
 
 def observe_sources(instance: dg.DagsterInstance, defs: dg.Definitions, keys: Sequence[dg.AssetKey]) -> None:
     """Observe the oracle and the judge before runs that call them, so each materialization's
     provenance names the oracle version it used (a stage cannot observe its own input before
-    Dagster records what it read). A settings error is left for the run itself to report."""
+    Dagster records what it read). A settings error is left for the run itself to report; a
+    probe that failed is said, and the runs use what was last observed."""
     graph = defs.resolve_asset_graph()
     if any(graph.get(parent).is_observable for key in keys for parent in graph.get(key).parent_keys):
-        observe(instance, defs, raise_on_error=False)
+        for source, facts in observe(instance, defs).items():
+            if "error" in facts and "probe" in facts["error"]:
+                print(f"reflection: observing the {source} failed: {facts['error']}", file=sys.stderr)
 
 
 def run_partitions(

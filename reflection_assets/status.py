@@ -11,6 +11,10 @@ import dagster as dg
 
 from reflection_assets.assets.partitions import DATASETS, SHARDS, record_partition_key
 from reflection_assets.dagster_private import AssetPartitionStatus, StaleCauseCategory, StaleStatus, stale_resolver
+from reflection_assets.method.served import served_change
+
+DATA_VERSION_TAG = "dagster/data_version"
+INPUT_VERSION_PREFIX = "dagster/input_data_version"
 
 ORACLE_KEYS = {"oracle": "oracle changed", "judge": "judge changed", "student": "student changed"}
 
@@ -29,10 +33,48 @@ class AssetStatus:
         return Counter(reason for reasons in self.stale.values() for reason in reasons)
 
 
-def _reason(cause) -> str:
+class ServedHistory:
+    """What each observed version of the oracle and the judge was: its settings and what
+    served them, read from their observations, to say in words why a shard is stale."""
+
+    def __init__(self, instance: dg.DagsterInstance, limit: int = 2000):
+        self.instance = instance
+        self.limit = limit
+        self._facts: dict[str, dict[str, dict[str, object]]] = {}
+        self._latest: dict[str, str | None] = {}
+
+    def _load(self, source: str) -> None:
+        records = self.instance.fetch_observations(dg.AssetKey(source), limit=self.limit).records
+        facts: dict[str, dict[str, object]] = {}
+        for record in reversed(records):  # oldest first: a version's latest facts win
+            observation = record.asset_observation
+            version = observation.tags.get(DATA_VERSION_TAG) if observation else None
+            if version:
+                facts[version] = {name: value.value for name, value in observation.metadata.items()}
+        self._facts[source] = facts
+        latest = records[0].asset_observation if records else None
+        self._latest[source] = latest.tags.get(DATA_VERSION_TAG) if latest else None
+
+    def why(self, source: str, key: dg.AssetKey, partition: str) -> str:
+        """"oracle changed", with what changed behind the name when our settings did not."""
+        if source not in self._facts:
+            self._load(source)
+        records = self.instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1
+        ).records
+        materialization = records[0].asset_materialization if records else None
+        used = materialization.tags.get(f"{INPUT_VERSION_PREFIX}/{source}") if materialization else None
+        before, after = self._facts[source].get(used or ""), self._facts[source].get(self._latest[source] or "")
+        change = served_change(before, after) if before and after else None
+        return f"{ORACLE_KEYS[source]}: {change}" if change else ORACLE_KEYS[source]
+
+
+def _reason(cause, history: ServedHistory, key: dg.AssetKey, partition: str) -> str:
     if cause.category == StaleCauseCategory.CODE:
         return f"code changed ({cause.key.asset_key.to_user_string()}: {cause.reason})"
     name = (cause.dependency or cause.key).asset_key.to_user_string()
+    if name in ("oracle", "judge"):
+        return history.why(name, key, partition)
     if name in ORACLE_KEYS:
         return ORACLE_KEYS[name]
     return f"upstream changed ({name})"
@@ -40,6 +82,7 @@ def _reason(cause) -> str:
 
 def asset_statuses(instance: dg.DagsterInstance, defs: dg.Definitions, dataset: str, keys: Sequence[dg.AssetKey]) -> list[AssetStatus]:
     resolver = stale_resolver(instance, defs)
+    history = ServedHistory(instance)
     graph = defs.resolve_asset_graph()
     statuses: list[AssetStatus] = []
     for key in keys:
@@ -64,7 +107,8 @@ def asset_statuses(instance: dg.DagsterInstance, defs: dg.Definitions, dataset: 
             status.materialized += state == AssetPartitionStatus.MATERIALIZED
             reasons = set()
             if resolver.get_status(key, partition) == StaleStatus.STALE:
-                reasons = {_reason(c) for c in resolver.get_stale_causes(key, partition)} or {"stale"}
+                causes = resolver.get_stale_causes(key, partition)
+                reasons = {_reason(c, history, key, partition) for c in causes} or {"stale"}
             # Dagster marks only the first stage past a change; what reads a stale stage
             # is stale too, until the change has flowed down to it.
             for upstream in statuses:
@@ -106,7 +150,13 @@ def unobserved_changes(instance: dg.DagsterInstance, statuses: Sequence[AssetSta
     changes = []
     for source, current, asset in current_versions:
         record = instance.get_latest_data_version_record(dg.AssetKey(source), is_source=True)
-        observed = record.asset_observation.data_version if record and record.asset_observation else None
+        observation = record.asset_observation if record else None
+        observed = None
+        if observation is not None:
+            # The oracle's and judge's data versions also name what served them; the
+            # fingerprint of our settings is what the code location's settings change.
+            recorded = observation.metadata.get("fingerprint")
+            observed = str(recorded.value) if recorded is not None else observation.data_version
         if observed is not None and observed != current:
             changes.append(UnobservedChange(source, observed, current, asset, materialized.get(asset, 0)))
     return changes

@@ -13,12 +13,12 @@ from reflection_assets.assets.automation import STALE_ONLY
 from reflection_assets.assets.failures import user_errors_fail_the_step
 from reflection_assets.assets.metadata import markdown_table, png_markdown
 from reflection_assets.assets.oracles import judge as judge_source
-from reflection_assets.assets.oracles import log_oracle_version
+from reflection_assets.assets.oracles import llm_client
+from reflection_assets.engines.reflection_store import judge_served_by
 from reflection_assets.assets.partitions import DATASETS
 from reflection_assets.assets.resources import DUCKDB_POOL, OWNER, JudgeResource, StorageResource
 from reflection_assets.engines.answers import GenerationSettings
 from reflection_assets.engines.benchmark import plot_scores, run_benchmark
-from reflection_assets.method.profiles import judge_version
 from reflection_assets.engines.testsets import BUNDLED_TESTSET, TestsetError, TestsetRegistry
 
 CHECK = "recycled_beats_baseline"
@@ -89,8 +89,7 @@ def benchmark_scores(
     dataset = context.partition_key
     with user_errors_fail_the_step():
         testsets = _testsets(storage, config)
-        client = judge.client(storage, context.log)
-        log_oracle_version(context, "judge", client.settings, judge_version(client.settings.prompt_profile))
+        client = llm_client(context, "judge", judge, storage)
         result = run_benchmark(
             storage.db(),
             storage.artifacts_path(),
@@ -122,6 +121,7 @@ def benchmark_scores(
         "judge_errors": result.oracle_errors,
         "judge_fingerprint": result.judge_fingerprint,
         "judge_model": client.settings.model,
+        "judge_served_by": judge_served_by(storage.db(), result.run_id),
         "prompts": result.prompts,
         "answers_generated": result.generated,
         "judge_requests": result.judge_requests,

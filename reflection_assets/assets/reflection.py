@@ -9,7 +9,7 @@ import polars as pl
 from reflection_assets.assets.automation import STALE_ONLY
 from reflection_assets.assets.failures import user_errors_fail_the_step
 from reflection_assets.assets.metadata import markdown_table
-from reflection_assets.assets.oracles import log_oracle_version
+from reflection_assets.assets.oracles import llm_client
 from reflection_assets.assets.oracles import oracle as oracle_source
 from reflection_assets.assets.partitions import RECORD_PARTITIONS, dataset_and_shard
 from reflection_assets.assets.raw import raw_dataset
@@ -19,6 +19,7 @@ from reflection_assets.engines.reflection import PhaseResult, prompt_version, re
 from reflection_assets.engines.reflection_store import (
     instruction_reflected_pairs,
     recycled_summary,
+    served_by,
     shard_health,
     raw_pairs,
     write_instruction_results,
@@ -92,6 +93,7 @@ def _phase_metadata(results: list[PhaseResult], client: OracleClient, before_aft
         "cost_usd": round(sum(r.cost_usd for r in results), 6),
         "oracle/fingerprint": client.fingerprint(prompt_version(client)),
         "oracle/model": client.settings.model,
+        "oracle/served_identity": client.served.describe() if client.served else "not probed (REFLECTION_ORACLE_PROBE=off)",
         "prompt_profile": client.settings.prompt_profile,
         "prompt_version": prompt_version(client),
         "preview": markdown_table(pl.DataFrame(preview_rows[:5]) if preview_rows else pl.DataFrame()),
@@ -160,16 +162,15 @@ def reflected_instructions(
     recorded. Table: reflect.instructions."""
     dataset, shard = dataset_and_shard(context)
     db = storage.db()
-    with user_errors_fail_the_step():
-        client = oracle.client(storage, context.log)
+    client = llm_client(context, "oracle", oracle, storage)
     version = prompt_version(client)
-    log_oracle_version(context, "oracle", client.settings, version)
     pairs = raw_pairs(db, dataset, shard)
     results = reflect_instructions(client, pairs, _repair(config, client))
     write_instruction_results(db, dataset, shard, results, client.fingerprint(version), version)
     metadata = _phase_metadata(
         results, client, {"instruction": ("instruction", NEW_INSTRUCTION), "output": ("output", NEW_ANSWER)}
     )
+    metadata["served_by"] = served_by(db, "instructions", dataset, shard)
     return dg.MaterializeResult(
         metadata=metadata,
         check_results=_health_checks(db, "instructions", dataset, shard, config, client),
@@ -190,10 +191,9 @@ def reflected_responses(
     dataset, shard = dataset_and_shard(context)
     db = storage.db()
     with user_errors_fail_the_step():
-        client = oracle.client(storage, context.log)
         chain_pairs, reflected = instruction_reflected_pairs(db, dataset, shard)
+    client = llm_client(context, "oracle", oracle, storage)
     version = prompt_version(client)
-    log_oracle_version(context, "oracle", client.settings, version)
     variants = {"chain": (chain_pairs, reflected)}
     if config.also_original:
         variants["original"] = (raw_pairs(db, dataset, shard), set())
@@ -209,6 +209,7 @@ def reflected_responses(
     write_response_results(db, dataset, shard, by_variant, client.fingerprint(version), version)
     metadata = _phase_metadata(by_variant["chain"][0], client, {"output": ("output", BETTER_ANSWER)})
     metadata["variants"] = sorted(variants)
+    metadata["served_by"] = served_by(db, "responses", dataset, shard)
     return dg.MaterializeResult(
         metadata=metadata,
         check_results=_health_checks(db, "responses", dataset, shard, config, client),

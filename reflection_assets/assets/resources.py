@@ -23,6 +23,7 @@ from reflection_assets.engines.oracle.settings import (
 )
 from reflection_assets.engines.settings import default_artifacts, default_database
 from reflection_assets.engines.storage import Database
+from reflection_assets.method.served import ServedIdentity
 
 # Every asset that writes the DuckDB file runs in this pool; the instance's dagster.yaml
 # limits pools to one step at a time, matching DuckDB's single writer.
@@ -91,8 +92,11 @@ class _LLMResource(dg.ConfigurableResource):
         overrides = {entry.name: getattr(self, entry.name) for entry in env_settings()}
         return settings_with_sources(self.ENV_PREFIX, **overrides)
 
-    def client(self, storage: StorageResource, log: Optional[logging.Logger] = None) -> OracleClient:
-        return OracleClient(self.settings(), storage.db(), storage.artifacts_path(), log)
+    def client(
+        self, storage: StorageResource, log: Optional[logging.Logger] = None, served: Optional[ServedIdentity] = None
+    ) -> OracleClient:
+        """The client; `served` is what serves the model name (assets.oracles.llm_client)."""
+        return OracleClient(self.settings(), storage.db(), storage.artifacts_path(), log, served=served)
 
     @classmethod
     def from_environment(cls, environ: Optional[Mapping[str, str]] = None) -> "_LLMResource":

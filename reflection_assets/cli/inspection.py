@@ -79,6 +79,11 @@ def cmd_lineage(args: argparse.Namespace) -> int:
                     f"{call['prompt_tokens']}+{call['completion_tokens']} tokens, ${call['cost_usd']:.6f}"
                 )
             print(f"    {call['stage']:<26} {call['request_key'][:16]}  {answer}")
+            if call["model"] is not None:
+                served = call["served_model"] or "not recorded (answered before the probe existed)"
+                if call["system_fingerprint"]:
+                    served += f", system_fingerprint {call['system_fingerprint']}"
+                print(f"    {'':<26} served by: {served}")
             print(f"    {'':<26} parse: {call['parse_outcome']}{' - ' + one_line(call['reason'], 80) if call['reason'] else ''}")
         if r["provenance"] is None:
             print("  recycled: not yet (materialize recycled_dataset)")

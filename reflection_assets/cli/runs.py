@@ -104,15 +104,27 @@ def _recover(instance, quiet_when_nothing: bool) -> None:
 def cmd_observe(args: argparse.Namespace) -> int:
     from reflection_assets.dagster_instance import ensure_instance
     from reflection_assets.definitions import defs
+    from reflection_assets.method.served import ServedIdentity
     from reflection_assets.runner import observe
 
-    for key, facts in observe(ensure_instance(), defs).items():
+    failed = False
+    for key, facts in sorted(observe(ensure_instance(), defs).items()):
+        if "error" in facts:
+            failed = True
+            print(f"{key:<8} observation failed: {facts['error']}")
+            continue
         if "backend" in facts:  # the oracle and the judge
             what = f"{facts['backend']} {facts['model']} ({facts['prompt_version']})"
+            if facts.get("served_identity"):
+                served = ServedIdentity.from_metadata(facts)
+                what += f"; served by {served.describe() if served else facts['served_model']}"
+            else:
+                what += "; probe off"
+            print(f"{key:<8} version {facts['data_version']}  fingerprint {facts['fingerprint']}  {what}")
         else:  # the scoring student
             what = f"{facts['model']}, template {facts['template']}, max_length {facts['max_length']}, {facts['dtype']}"
-        print(f"{key:<8} fingerprint {facts['fingerprint']}  {what}")
-    return 0
+            print(f"{key:<8} fingerprint {facts['fingerprint']}  {what}")
+    return 1 if failed else 0
 
 
 def cmd_instance(args: argparse.Namespace) -> int:

@@ -242,3 +242,31 @@ def recycled_summary(db: Database, dataset: str, shard: int, preview_rows: int =
             [dataset, shard],
         ).fetchone()
     return RecycledSummary(provenance, preview, {"instruction": lengths[0] or 0.0, "output": lengths[1] or 0.0})
+
+
+STAGE_CALLS = {"instructions": "instruction%", "responses": "response%"}
+SERVED_LABEL = "coalesce(o.served_model, 'not recorded') || coalesce(' (' || o.system_fingerprint || ')', '')"
+
+
+def served_by(db: Database, stage: str, dataset: str, shard: int) -> dict[str, int]:
+    """The replies behind one shard's rows of a stage (`instructions` or `responses`), by
+    what served them: the completion's model, with its system_fingerprint when it had one."""
+    with db.connect() as con:
+        rows = con.execute(
+            f"SELECT {SERVED_LABEL}, count(DISTINCT o.request_key) FROM lineage.oracle_calls AS o "
+            "JOIN raw.records AS r USING (dataset, record_id) "
+            "WHERE o.dataset = ? AND r.shard = ? AND o.stage LIKE ? AND o.model IS NOT NULL GROUP BY 1 ORDER BY 2 DESC, 1",
+            [dataset, shard, STAGE_CALLS[stage]],
+        ).fetchall()
+    return dict(rows)
+
+
+def judge_served_by(db: Database, run_id: str) -> dict[str, int]:
+    """The judge's replies behind one benchmark run, by what served them."""
+    with db.connect() as con:
+        rows = con.execute(
+            f"SELECT {SERVED_LABEL}, count(DISTINCT o.request_key) FROM bench.judge_calls AS j "
+            "JOIN oracle.replies AS o USING (request_key) WHERE j.run_id = ? GROUP BY 1 ORDER BY 2 DESC, 1",
+            [run_id],
+        ).fetchall()
+    return dict(rows)

@@ -49,14 +49,17 @@ class OracleRequest:
     """One call. When the last message is the assistant's, the reply continues that turn
     (the section marker is written for the model). `stop` ends the reply at the first of
     these strings, which the reply does not include. `constraint` limits what the reply may
-    be (YES_SCORE). Both are part of the key only when set, so requests without them keep the
-    keys they always had."""
+    be (YES_SCORE). `served` names the snapshot behind the model name when it is not the first
+    one this database saw for it (engines/oracle/identity.py), so another snapshot's reply is
+    never taken for this one's. All three are part of the key only when set, so requests
+    without them keep the keys they always had."""
 
     messages: tuple[Message, ...]
     sampling: SamplingSettings
     prompt_version: str
     stop: tuple[str, ...] = ()
     constraint: str | None = None
+    served: str | None = None
     key: str = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -75,6 +78,8 @@ class OracleRequest:
             canonical["stop"] = list(self.stop)
         if self.constraint is not None:
             canonical["constraint"] = self.constraint
+        if self.served is not None:
+            canonical["served"] = self.served
         return canonical
 
     @property

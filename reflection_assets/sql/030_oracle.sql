@@ -18,6 +18,24 @@ CREATE TABLE IF NOT EXISTS oracle.replies (
     created_at         TIMESTAMP NOT NULL DEFAULT current_timestamp
 );
 
+-- What served each reply (databases made before the probe existed get NULLs): the probed
+-- identity it was requested under, and the completion's own `model` and system_fingerprint.
+ALTER TABLE oracle.replies ADD COLUMN IF NOT EXISTS served_identity VARCHAR;
+ALTER TABLE oracle.replies ADD COLUMN IF NOT EXISTS served_model VARCHAR;
+ALTER TABLE oracle.replies ADD COLUMN IF NOT EXISTS system_fingerprint VARCHAR;
+
+-- The first snapshot this database saw behind each model name. Requests sent under it keep
+-- the keys they had before the probe existed (so upgrading buys nothing again); requests
+-- sent under any other snapshot carry its identity in their key, so a reply of one
+-- snapshot is never taken for another's, and switching back costs nothing.
+CREATE TABLE IF NOT EXISTS oracle.served_baselines (
+    backend        VARCHAR NOT NULL,
+    model          VARCHAR NOT NULL,
+    identity_json  VARCHAR NOT NULL,   -- ServedIdentity.as_metadata()
+    first_seen     TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    PRIMARY KEY (backend, model)
+);
+
 -- Requests that got no reply: permanent errors, retries exhausted, stopped by the budget.
 -- They are asked again on a later run; this log says what happened each time.
 CREATE TABLE IF NOT EXISTS oracle.failures (

@@ -26,7 +26,7 @@ failed AS (
     FROM oracle.failures GROUP BY request_key
 )
 SELECT a.dataset, a.record_id, a.stage, a.request_key,
-       coalesce(o.fingerprint, '') AS fingerprint, o.model, o.finish_reason,
+       coalesce(o.fingerprint, '') AS fingerprint, o.model, o.served_model, o.system_fingerprint, o.finish_reason,
        o.prompt_tokens, o.completion_tokens, o.cost_usd, o.created_at AS answered_at,
        a.outcome AS parse_outcome, a.reason, f.last_error
 FROM asked AS a

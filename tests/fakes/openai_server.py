@@ -5,7 +5,14 @@ concurrency cap (extra requests queue, as vLLM's do), and injects faults through
 a function of (body, nth time this exact body arrived) returning an action:
     "ok" | "length" | "drop" | "malformed" | ("status", code, message[, retry_after])
 `latency_for(body)` may give one request a latency of its own. It counts what it received
-and stops itself when the `with` block ends."""
+and stops itself when the `with` block ends.
+
+Like a real provider it names what served each completion: `served_model` (a snapshot name,
+or None to echo the requested name) and `system_fingerprint`, both attributes a test may
+change mid-run (a new snapshot behind the same name), and lists its models at GET
+/v1/models (with vLLM's `root` when `root` is set). The oracle's probe (a 1-token completion
+of identity.PROBE_MESSAGE) is counted in `probes`, not in `received`, and follows
+`probe_plan` (the same actions, plus ("sleep", seconds))."""
 
 from __future__ import annotations
 
@@ -42,6 +49,9 @@ class FakeOpenAI:
         responder: Callable[[dict], str] = default_reply,
         seed: int = 0,
         latency_for: Callable[[dict], float | None] | None = None,
+        served_model: str | None = None,
+        system_fingerprint: str | None = None,
+        probe_plan: Callable[[int], object] | None = None,
     ):
         self.latency_s = latency_s
         self.jitter_s = jitter_s
@@ -49,6 +59,14 @@ class FakeOpenAI:
         self.plan = plan or (lambda body, nth: "ok")
         self.responder = responder
         self.latency_for = latency_for  # a per-request latency overriding latency_s
+        self.served_model = served_model
+        self.system_fingerprint = system_fingerprint
+        self.listed_model = "gpt-4o-mini"  # the name the listing serves
+        self.root: str | None = None  # vLLM's `root` in the model listing
+        self.ollama_digest: str | None = None  # set: GET /api/tags answers as Ollama's does
+        self.probe_plan = probe_plan or (lambda nth: "ok")
+        self.probes: list[dict] = []  # the probe's completions
+        self.listings = 0  # GET /v1/models
         self.random = random.Random(seed)
         self.received: list[dict] = []  # every request body, in arrival order
         self.by_body: Counter[str] = Counter()
@@ -71,11 +89,24 @@ class FakeOpenAI:
     def request_count(self) -> int:
         return len(self.received)
 
+    @staticmethod
+    def is_probe(body: dict) -> bool:
+        from reflection_assets.engines.oracle.identity import PROBE_MESSAGE
+
+        return body.get("max_tokens") == 1 and body["messages"][-1]["content"] == PROBE_MESSAGE
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         try:
             body = await request.json()
         except ConnectionResetError:  # the client died mid-request (the crash tests kill it)
             return web.Response(status=499)
+        if self.is_probe(body):
+            self.probes.append(body)
+            action = self.probe_plan(len(self.probes))
+            if isinstance(action, tuple) and action[0] == "sleep":
+                await asyncio.sleep(action[1])
+                action = "ok"
+            return self._respond(request, body, action)
         with self._lock:
             self.received.append(body)
             self.headers.append(dict(request.headers))
@@ -112,7 +143,7 @@ class FakeOpenAI:
             return web.Response(status=500)
         if action == "malformed":
             return web.Response(text='{"id": "x", "choices": [', content_type="application/json")
-        text = self.responder(body)
+        text = "OK" if self.is_probe(body) else self.responder(body)
         finish = "stop"
         if action == "length":
             text, finish = text[: max(1, len(text) // 2)], "length"
@@ -124,7 +155,8 @@ class FakeOpenAI:
                 "id": f"chatcmpl-{self.answered}",
                 "object": "chat.completion",
                 "created": int(time.time()),
-                "model": body["model"],
+                "model": self.served_model or body["model"],
+                "system_fingerprint": self.system_fingerprint,
                 "choices": [
                     {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
                 ],
@@ -136,6 +168,19 @@ class FakeOpenAI:
             }
         )
 
+    async def _models(self, request: web.Request) -> web.Response:
+        self.listings += 1
+        entry = {"id": self.listed_model, "object": "model", "created": 0, "owned_by": "fake"}
+        if self.root:
+            entry["root"] = self.root
+        return web.json_response({"object": "list", "data": [entry]})
+
+    async def _ollama_tags(self, request: web.Request) -> web.Response:
+        if self.ollama_digest is None:
+            return web.json_response({"error": "404 page not found"}, status=404)
+        entry = {"name": f"{self.listed_model}:latest", "model": f"{self.listed_model}:latest", "digest": self.ollama_digest}
+        return web.json_response({"models": [entry]})
+
     async def _stats(self, request: web.Request) -> web.Response:
         return web.json_response(
             {"received": self.request_count, "answered": self.answered, "peak_in_flight": self.peak_in_flight}
@@ -146,6 +191,8 @@ class FakeOpenAI:
         self._slots = asyncio.Semaphore(self.max_concurrency) if self.max_concurrency else None
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._handle)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/api/tags", self._ollama_tags)
         app.router.add_get("/stats", self._stats)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()

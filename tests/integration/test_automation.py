@@ -7,6 +7,7 @@ import dagster as dg
 import pytest
 
 from reflection_assets.definitions import defs
+from reflection_assets.method.served import ServedIdentity, oracle_data_version
 from reflection_assets.status import asset_statuses
 from tests.integration.test_reflection_assets import ALL, oracle, run, tagged  # noqa: F401 (fixtures)
 
@@ -91,7 +92,11 @@ def test_observations_record_the_fingerprint_not_the_key(tagged, oracle):  # noq
     metadata = {k: v.value for k, v in event.metadata.items()}
     assert metadata["model"] == "gpt-4o-mini" and metadata["backend"] == "openai"
     assert metadata["api_key"] == "set" and "sk-test" not in str(metadata)
-    assert event.tags["dagster/data_version"] == metadata["fingerprint"]
+    # The data version hashes our settings' fingerprint and what the probe saw serve them.
+    served = ServedIdentity.from_metadata(metadata)
+    assert served is not None and served.model == "gpt-4o-mini" and metadata["probe"] == "on"
+    assert event.tags["dagster/data_version"] == metadata["data_version"]
+    assert metadata["data_version"] == oracle_data_version(metadata["fingerprint"], served) != metadata["fingerprint"]
 
 
 @pytest.mark.parametrize("name", ["observe_oracles_nightly"])

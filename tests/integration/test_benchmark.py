@@ -155,6 +155,7 @@ def test_benchmark_scores_with_a_scripted_judge(home, instance, oracle, judge, t
     assert md["winning_score"].value == pytest.approx(score)
     assert md["unparsed"].value == 1 and md["answers_generated"].value == 0  # generated in step 1
     assert md["judge_fingerprint"].value and md["judge_model"].value == "judge-x"
+    assert set(md["judge_served_by"].value) == {"judge-x"}  # the fake names no other snapshot
     assert "data:image/png;base64," in md["win_tie_lose"].value
     assert "| recycled_vs_baseline | tiny | all |" in md["scores"].value
     check = instance.event_log_storage.get_latest_asset_check_execution_by_key(

@@ -126,7 +126,14 @@ class OpenAIBackend:
         usage = response.usage
         prompt_tokens = usage.prompt_tokens if usage else request.prompt_chars() // 4
         completion_tokens = usage.completion_tokens if usage else len(text) // 4
-        return BackendReply(text, choice.finish_reason, prompt_tokens, completion_tokens)
+        return BackendReply(
+            text,
+            choice.finish_reason,
+            prompt_tokens,
+            completion_tokens,
+            getattr(response, "model", None) or None,
+            getattr(response, "system_fingerprint", None) or None,
+        )
 
 
 def _status_message(exc: openai.APIStatusError) -> str:
@@ -284,6 +291,7 @@ class LocalBackend:
                     finish_reason="stop" if ended else "length",
                     prompt_tokens=int(mask.sum()),
                     completion_tokens=len(completion),
+                    served_model=self.settings.model,
                 )
             )
         return replies
@@ -311,7 +319,7 @@ class LocalBackend:
             yes = probs[words["Yes"]] + probs[words["yes"]]
             no = probs[words["No"]] + probs[words["no"]]
             score = int(torch.round(1 + 9 * yes / (yes + no)))
-            replies.append(BackendReply(str(score), "stop", int(encoded["attention_mask"].sum()), 1))
+            replies.append(BackendReply(str(score), "stop", int(encoded["attention_mask"].sum()), 1, self.settings.model))
         return replies
 
 

@@ -8,6 +8,7 @@ after it is in the database: parsing always comes after storing."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -19,6 +20,7 @@ from reflection_assets.engines.oracle.journal import ReplyJournal, discard, jour
 from reflection_assets.engines.oracle.replies import OracleReply
 from reflection_assets.engines.storage import Database
 from reflection_assets.method.requests import OracleRequest
+from reflection_assets.method.served import ServedIdentity
 
 Flushed = Callable[[list[OracleReply]], None]
 
@@ -36,6 +38,9 @@ REPLY_SCHEMA = {
     "cost_usd": pl.Float64,
     "latency_s": pl.Float64,
     "attempts": pl.Int32,
+    "served_identity": pl.Utf8,
+    "served_model": pl.Utf8,
+    "system_fingerprint": pl.Utf8,
 }
 FAILURE_SCHEMA = {
     "request_key": pl.Utf8,
@@ -65,6 +70,9 @@ def reply_row(request: OracleRequest, reply: OracleReply) -> tuple:
         reply.cost_usd,
         reply.latency_s,
         reply.attempts,
+        reply.served_identity,
+        reply.served_model,
+        reply.system_fingerprint,
     )
 
 
@@ -86,8 +94,11 @@ class OracleCache:
         """Store the replies that killed processes journaled but never wrote to the
         database; returns how many rows were replayed."""
         replayed = 0
+        width = len(REPLY_SCHEMA)
         for path, handle, rows in orphaned_rows(self.journals):
             if rows:
+                # A journal written before the served columns existed has shorter rows.
+                rows = [list(row) + [None] * (width - len(row)) for row in rows]
                 self._insert_replies(pl.DataFrame(rows, schema=REPLY_SCHEMA, orient="row"))
                 replayed += len(rows)
             discard(path, handle)
@@ -101,6 +112,24 @@ class OracleCache:
                 "FROM oracle.spend ORDER BY model, fingerprint"
             ).fetchall()
         return [Spend(*row) for row in rows]
+
+    def baseline(self, backend: str, model: str, identity: ServedIdentity) -> ServedIdentity:
+        """The first snapshot this database saw behind (backend, model): recorded now when
+        there is none yet. Requests sent under it keep their pre-probe keys."""
+        with self.db.transaction() as con:
+            con.execute(
+                "INSERT OR IGNORE INTO oracle.served_baselines (backend, model, identity_json) VALUES (?, ?, ?)",
+                [backend, model, json.dumps(identity.as_metadata(), sort_keys=True)],
+            )
+            (stored,) = con.execute(
+                "SELECT identity_json FROM oracle.served_baselines WHERE backend = ? AND model = ?", [backend, model]
+            ).fetchone()
+        facts = json.loads(stored)
+        first = ServedIdentity.from_metadata(facts)
+        if first is None:  # not readable as an identity: the current one is taken as new
+            return identity
+        # Compared as the current probe counts (`model` leaves system_fingerprint out).
+        return dataclasses.replace(first, probe=identity.probe)
 
     def journal(self) -> ReplyJournal:
         return ReplyJournal(self.journals)
@@ -118,7 +147,8 @@ class OracleCache:
             rows = con.execute(
                 """
                 SELECT r.request_key, r.fingerprint, r.reply_text, r.finish_reason,
-                       r.prompt_tokens, r.completion_tokens, r.cost_usd, r.latency_s, r.attempts
+                       r.prompt_tokens, r.completion_tokens, r.cost_usd, r.latency_s, r.attempts,
+                       r.served_model, r.system_fingerprint, r.served_identity
                 FROM oracle.replies AS r JOIN wanted USING (request_key)
                 """
             ).fetchall()
@@ -134,6 +164,9 @@ class OracleCache:
                 latency_s=row[7],
                 attempts=row[8],
                 cached=True,
+                served_model=row[9],
+                system_fingerprint=row[10],
+                served_identity=row[11],
             )
             for row in rows
         }

@@ -26,8 +26,10 @@ from reflection_assets.engines.oracle.replies import BackendError, BackendReply,
 from reflection_assets.engines.oracle.settings import OracleSettings
 from reflection_assets.engines.storage import Database
 from reflection_assets.method.requests import Message, OracleRequest
+from reflection_assets.method.served import ServedIdentity
 
 _DONE = object()
+_UNRESOLVED = object()
 
 
 @dataclass
@@ -64,8 +66,14 @@ class OracleClient:
         artifacts: str | Path,
         log: logging.Logger | None = None,
         backend: Backend | None = None,
+        served: ServedIdentity | None = None,
     ):
         self.settings = settings
+        # What serves the model name (a probe, or the last observation of these settings):
+        # recorded with every reply, and part of the request keys when it is not the first
+        # snapshot this database saw (see served_key).
+        self.served = served
+        self._served_key: object = _UNRESOLVED
         self.cache = OracleCache(db)
         self.backend = backend or make_backend(settings, artifacts)
         self.log = log or logging.getLogger("reflection.oracle")
@@ -93,7 +101,20 @@ class OracleClient:
         sampling = self.settings.sampling
         if max_tokens is not None and max_tokens < sampling.max_tokens:
             sampling = dataclasses.replace(sampling, max_tokens=max_tokens)
-        return OracleRequest(tuple(messages), sampling, prompt_version, tuple(stop), constraint)
+        return OracleRequest(tuple(messages), sampling, prompt_version, tuple(stop), constraint, self.served_key())
+
+    def served_key(self) -> str | None:
+        """The served identity as part of request keys: None under the first snapshot this
+        database saw behind the model name (requests keep the keys they had before the
+        probe, so upgrading buys nothing again), its digest under any other."""
+        if self._served_key is _UNRESOLVED:
+            if self.served is None:
+                self._served_key = None
+            else:
+                sampling = self.settings.sampling
+                first = self.cache.baseline(sampling.backend, sampling.model, self.served)
+                self._served_key = None if first.digest == self.served.digest else self.served.digest
+        return self._served_key  # type: ignore[return-value]
 
     def fingerprint(self, prompt_version: str) -> str:
         return self.settings.fingerprint(prompt_version)
@@ -295,6 +316,9 @@ class _Sender:
                 cost_usd=cost,
                 latency_s=latency,
                 attempts=attempts,
+                served_model=reply.served_model,
+                system_fingerprint=reply.system_fingerprint,
+                served_identity=self.client.served.digest if self.client.served else None,
             ),
         )
         self.progress.done += 1

@@ -19,6 +19,8 @@ class BackendReply:
     finish_reason: str | None
     prompt_tokens: int
     completion_tokens: int
+    served_model: str | None = None  # the completion's `model`: what really answered
+    system_fingerprint: str | None = None
 
 
 class BackendError(Exception):
@@ -56,6 +58,9 @@ class OracleReply:
     error_kind: str | None = None
     error: str | None = None
     status: int | None = None
+    served_model: str | None = None  # what the endpoint said answered (the completion's `model`)
+    system_fingerprint: str | None = None
+    served_identity: str | None = None  # the probed identity the request was sent under
 
     @property
     def ok(self) -> bool:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from reflection_assets.errors import SettingsError
 from reflection_assets.method.profiles import AUTO, resolve_profile
 from reflection_assets.method.requests import SamplingSettings
+from reflection_assets.method.served import PROBE_ON, check_probe
 
 BACKENDS = ("local", "openai")
 EMBEDDED_MODEL = "SmolLM2-135M-Instruct"
@@ -54,6 +55,7 @@ class OracleSettings:
     # loops without it; no 6-gram repeats lets 115 of 128 better answers finish, not 112.
     repetition_penalty: float = setting(1.1, "REPETITION_PENALTY", "the local backend's repetition penalty (1.0: off); part of the fingerprint")
     no_repeat_ngram: int = setting(6, "NO_REPEAT_NGRAM", "the local backend never repeats a run of this many tokens (0: off); part of the fingerprint")
+    probe: str = setting(PROBE_ON, "PROBE", "what the observation checks besides our settings: `on` (the endpoint's model listing and a 1-token completion: the served model, `system_fingerprint`, vLLM's `root`, Ollama's digest; for `local`, a hash of the model file), `model` (the same without `system_fingerprint`) or `off` (only our settings count)")
     flush_interval_s: float = 1.0  # replies reach the database at least this often
     progress_interval_s: float = 10.0
 
@@ -79,6 +81,7 @@ class OracleSettings:
         if self.repetition_penalty <= 0:
             raise SettingsError(f"oracle repetition_penalty={self.repetition_penalty}: expected a number above 0")
         resolve_profile(self.prompts, self.backend)  # a bad value fails here, with its name
+        check_probe(self.probe)
 
     @property
     def prompt_profile(self) -> str:
