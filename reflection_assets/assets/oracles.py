@@ -9,6 +9,7 @@ from collections.abc import Callable
 import dagster as dg
 
 from reflection_assets.assets.failures import user_errors_fail_the_step
+from reflection_assets.engines.oracle.batch import BatchScope
 from reflection_assets.engines.oracle.client import OracleClient
 from reflection_assets.engines.oracle.identity import ProbeError, probe
 from reflection_assets.engines.oracle.settings import OracleSettings
@@ -94,12 +95,15 @@ def log_oracle_version(
 
 
 def llm_client(context: dg.AssetExecutionContext, role: str, resource, storage) -> OracleClient:
-    """The oracle (or judge) client of a materialization, knowing what serves it, with the
-    version it uses recorded as an observation."""
+    """The oracle (or judge) client of a materialization, knowing what serves it and whose
+    batches it makes, with the version it uses recorded as an observation."""
+    keys = getattr(context.partition_key, "keys_by_dimension", None)
+    dataset, shard = (keys["dataset"], int(keys["shard"])) if keys else (context.partition_key, None)
+    scope = BatchScope(role, dataset, context.asset_key.to_user_string(), shard)
     with user_errors_fail_the_step():
         settings = resource.settings()
         served = served_identity_for(context.instance, role, settings)
-        client = resource.client(storage, context.log, served)
+        client = resource.client(storage, context.log, served, scope)
     log_oracle_version(context, role, settings, ROLE_VERSIONS[role](settings.prompt_profile), served)
     return client
 

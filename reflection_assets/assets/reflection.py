@@ -93,6 +93,7 @@ def _phase_metadata(results: list[PhaseResult], client: OracleClient, before_aft
         "cost_usd": round(sum(r.cost_usd for r in results), 6),
         "oracle/fingerprint": client.fingerprint(prompt_version(client)),
         "oracle/model": client.settings.model,
+        "oracle/mode": client.settings.mode,
         "oracle/served_identity": client.served.describe() if client.served else "not probed (REFLECTION_ORACLE_PROBE=off)",
         "prompt_profile": client.settings.prompt_profile,
         "prompt_version": prompt_version(client),

@@ -12,6 +12,7 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field, create_model
 
 from reflection_assets.engines.datasets import DatasetRegistry
+from reflection_assets.engines.oracle.batch import BatchScope
 from reflection_assets.engines.oracle.client import OracleClient
 from reflection_assets.engines.oracle.settings import (
     JUDGE_PREFIX,
@@ -84,6 +85,7 @@ class _LLMResource(dg.ConfigurableResource):
     """What the oracle and the judge resources do; their fields come from OracleSettings."""
 
     ENV_PREFIX: ClassVar[str] = ORACLE_PREFIX
+    ROLE: ClassVar[str] = "oracle"
 
     def settings(self) -> OracleSettings:
         return self.settings_with_sources()[0]
@@ -93,10 +95,17 @@ class _LLMResource(dg.ConfigurableResource):
         return settings_with_sources(self.ENV_PREFIX, **overrides)
 
     def client(
-        self, storage: StorageResource, log: Optional[logging.Logger] = None, served: Optional[ServedIdentity] = None
+        self,
+        storage: StorageResource,
+        log: Optional[logging.Logger] = None,
+        served: Optional[ServedIdentity] = None,
+        scope: Optional[BatchScope] = None,
+        client_class: type[OracleClient] = OracleClient,
     ) -> OracleClient:
-        """The client; `served` is what serves the model name (assets.oracles.llm_client)."""
-        return OracleClient(self.settings(), storage.db(), storage.artifacts_path(), log, served=served)
+        """The client; `served` is what serves the model name (assets.oracles.llm_client),
+        `scope` says whose batches it makes in batch mode."""
+        scope = scope or BatchScope(self.ROLE)
+        return client_class(self.settings(), storage.db(), storage.artifacts_path(), log, served=served, scope=scope)
 
     @classmethod
     def from_environment(cls, environ: Optional[Mapping[str, str]] = None) -> "_LLMResource":
@@ -153,3 +162,4 @@ class JudgeResource(OracleResource):  # type: ignore[misc, valid-type]
     the oracle's REFLECTION_ORACLE_* value."""
 
     ENV_PREFIX: ClassVar[str] = JUDGE_PREFIX
+    ROLE: ClassVar[str] = "judge"

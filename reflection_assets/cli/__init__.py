@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from reflection_assets.cli.batch import add_parser as add_batch_parser
 from reflection_assets.cli.inspection import cmd_export, cmd_lineage, cmd_scores
 from reflection_assets.cli.oracle import cmd_oracle_ask, cmd_oracle_info
 from reflection_assets.cli.registry import cmd_datasets_add, cmd_datasets_list, cmd_testsets_add, cmd_testsets_list
@@ -117,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     lineage.add_argument("record_id", help="a record id, or a unique prefix of 6+ characters")
     lineage.add_argument("--dataset", help="only in this dataset")
     lineage.set_defaults(func=cmd_lineage)
+
+    add_batch_parser(sub)
 
     oracle = sub.add_parser("oracle", help="inspect and try the oracle (or judge) settings")
     osub = oracle.add_subparsers(dest="oracle_command", required=True)

@@ -31,6 +31,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         statuses = asset_statuses(instance, defs, spec.name, keys)
         changes = unobserved_changes(instance, statuses)
         print(("\n" if number else "") + "\n".join(render(spec.name, statuses, oracle_spend(storage.db(), spec.name), changes)))
+    from reflection_assets.engines.oracle.batch_store import LIVE, BatchStore
+
+    live = [r for r in BatchStore(storage.db()).listed(args.dataset) if r.kind == "api" and r.status in LIVE]
+    if live:
+        waiting = sum(r.requests - r.completed - r.failed for r in live)
+        print(f"\n{len(live)} batch(es) in flight, {waiting:,} requests not answered yet (`reflection batch list`); "
+              "the next materialization of their stages re-attaches to them")
     from reflection_assets.run_workers import dead_runs
 
     dead = dead_runs(instance)
@@ -146,10 +153,67 @@ def cmd_recover(args: argparse.Namespace) -> int:
     return 0
 
 
+def _record_groups(record_keys):
+    """The record-level assets as `reflection run` materializes them: all of them per shard,
+    in one run each; in batch mode, level by level, each reflection stage after what it
+    reads, its oracle requests for the whole dataset sent ahead in batches first (the stage
+    it opens is the second element)."""
+    from reflection_assets.assets.resources import OracleResource
+    from reflection_assets.definitions import RECORD_ASSETS
+    from reflection_assets.engines.batch_files import EXPORT_STAGES
+
+    if not record_keys:
+        return []
+    if OracleResource().settings().mode != "batch":
+        return [(record_keys, None)]
+    groups: list[tuple[list, str | None]] = [([], None)]
+    for asset in RECORD_ASSETS:
+        if asset.key not in record_keys:
+            continue
+        name = asset.key.to_user_string()
+        if name in EXPORT_STAGES:
+            groups.append(([], name))
+        groups[-1][0].append(asset.key)
+    return [(keys, stage) for keys, stage in groups if keys]
+
+
+def _send_ahead(instance, dataset: str, stage: str, shards, asset_config: dict) -> None:
+    import logging
+
+    from reflection_assets.assets.oracles import served_identity_for
+    from reflection_assets.assets.partitions import SHARDS
+    from reflection_assets.assets.resources import OracleResource
+    from reflection_assets.engines.batch_files import send_ahead
+    from reflection_assets.engines.oracle.batch import BatchScope
+
+    resource, storage = OracleResource(), storage_resource()
+    settings = resource.settings()
+    served = served_identity_for(instance, "oracle", settings)
+    config = asset_config.get(stage, {})
+    repair = config.get("repair", "auto")
+    repair = settings.backend != "local" if repair == "auto" else repair == "on"
+    log = logging.getLogger("reflection.oracle.ahead")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+    numbers = [int(s) for s in (shards or SHARDS.get_partition_keys())]
+    print(f"batch mode: sending ahead what {stage} needs for {len(numbers)} shard(s) of {dataset}", file=sys.stderr)
+
+    def make_client(cls):
+        return resource.client(storage, log, served, BatchScope("oracle", dataset, stage, None), client_class=cls)
+
+    asked = send_ahead(make_client, storage.db(), dataset, numbers, stage, repair, config.get("also_original", True))
+    print(f"batch mode: {asked} requests of {stage} answered ahead; materializing its shards", file=sys.stderr)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from reflection_assets.assets.partitions import DATASETS, RECORD_PARTITIONS
     from reflection_assets.dagster_instance import ensure_instance
     from reflection_assets.definitions import JOB_FOR_PARTITIONS, defs
+    from reflection_assets.engines.batch_files import BatchesCancelled
     from reflection_assets.runner import (
         resolve_selection,
         run_dataset_partition,
@@ -170,18 +234,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     record_keys = [k for k in keys if defs.resolve_assets_def(k).partitions_def == RECORD_PARTITIONS]
     dataset_keys = [k for k in keys if defs.resolve_assets_def(k).partitions_def == DATASETS]
     outcomes = []
+    stopped = None
     for spec in specs:
-        if record_keys:
+        for group, stage in _record_groups(record_keys):
+            if stage is not None:
+                try:
+                    _send_ahead(instance, spec.name, stage, args.shard, asset_config or {})
+                except BatchesCancelled as exc:
+                    stopped = str(exc)
+                    break
             outcomes += run_record_partitions(
                 instance,
                 defs,
                 JOB_FOR_PARTITIONS[RECORD_PARTITIONS],
-                record_keys,
+                group,
                 spec.name,
                 args.shard,
                 args.log_level,
                 asset_config,
             )
+            if not all(o.success for o in outcomes):
+                break
+        if stopped:
+            break
         if dataset_keys and not args.shard and all(o.success for o in outcomes):
             outcomes += run_dataset_partition(
                 instance, defs, JOB_FOR_PARTITIONS[DATASETS], dataset_keys, spec.name, args.log_level, asset_config
@@ -197,6 +272,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if any(o.interrupted for o in outcomes):
         print("reflection: interrupted; nothing more was launched", file=sys.stderr)
         return 130
+    if stopped:
+        print(f"reflection: {stopped}", file=sys.stderr)
+        return 1
     if any(k.to_user_string() == "benchmark_scores" for k in dataset_keys):
         print_scores([o.dataset for o in outcomes if o.success and o.shard is None])
     return 0 if all(o.success for o in outcomes) else 1

@@ -82,6 +82,21 @@ class OracleRequest:
             canonical["served"] = self.served
         return canonical
 
+    @classmethod
+    def from_canonical(cls, canonical: dict) -> "OracleRequest":
+        """The request a canonical form (as stored with replies and batches) describes."""
+        sampling = SamplingSettings(
+            canonical["backend"], canonical["model"], canonical["temperature"], canonical["max_tokens"], canonical["seed"]
+        )
+        return cls(
+            tuple((role, content) for role, content in canonical["messages"]),
+            sampling,
+            canonical["prompt_version"],
+            tuple(canonical.get("stop", ())),
+            canonical.get("constraint"),
+            canonical.get("served"),
+        )
+
     @property
     def continues(self) -> bool:
         """The reply continues the assistant turn the messages end with."""

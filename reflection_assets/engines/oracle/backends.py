@@ -12,6 +12,7 @@ from typing import Protocol
 
 import openai
 
+from reflection_assets.engines.oracle.batch_lines import CONTINUE_FIELDS, TRANSIENT_STATUSES, chat_body
 from reflection_assets.engines.oracle.limits import parse_retry_after
 from reflection_assets.engines.oracle.replies import BackendError, BackendReply
 from reflection_assets.engines.oracle.settings import OracleSettings
@@ -32,7 +33,6 @@ class Backend(Protocol):
 
 
 _KEY_LIKE = re.compile(r"\b(sk|key|api)[-_][A-Za-z0-9*_\-]{6,}", re.IGNORECASE)
-TRANSIENT_STATUSES = {408, 409, 425, 429}
 
 
 def redact(text: str, secret: str | None) -> str:
@@ -77,25 +77,13 @@ class OpenAIBackend:
                 f"the {request.constraint} constraint needs the local backend; endpoints use the paper profile's judge",
                 transient=False,
             )
-        sampling = request.sampling
-        options: dict[str, object] = {}
-        if sampling.seed is not None:
-            options["seed"] = sampling.seed
-        if request.stop:
-            options["stop"] = list(request.stop)
-        if request.continues:
-            # vLLM continues the final assistant message when asked to. (Checked: the
-            # llama-cpp-python server accepts these fields and ignores them, closing the
-            # message and starting a new turn; its reply is still parsed as the section.)
-            options["extra_body"] = {"continue_final_message": True, "add_generation_prompt": False}
+        body = chat_body(request)
+        # vLLM continues the final assistant message when asked to. (Checked: the
+        # llama-cpp-python server accepts these fields and ignores them, closing the
+        # message and starting a new turn; its reply is still parsed as the section.)
+        extra = {name: body.pop(name) for name in CONTINUE_FIELDS if name in body}
         try:
-            response = await self._client.chat.completions.create(
-                model=sampling.model,
-                messages=request.chat_messages(),  # type: ignore[arg-type]
-                temperature=sampling.temperature,
-                max_tokens=sampling.max_tokens,
-                **options,
-            )
+            response = await self._client.chat.completions.create(**body, extra_body=extra or None)  # type: ignore[call-overload]
         except openai.APIStatusError as exc:
             status = exc.status_code
             headers = exc.response.headers

@@ -4,7 +4,8 @@ Cached replies come first and cost nothing. The rest are sent by a pool of worke
 an adaptive concurrency limit and request/token buckets, each request on its own (no batch
 waits for its slowest member, a failure never re-sends a success), retried with backoff
 when the failure is transient, stopped by the dollar budget, and written to the cache
-before they reach the caller."""
+before they reach the caller. In batch mode they go through the Batch API instead
+(batch.py), with the same guarantees."""
 
 from __future__ import annotations
 
@@ -19,8 +20,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from reflection_assets.engines.oracle.backends import Backend, make_backend
+from reflection_assets.engines.oracle.batch import BatchRunner, BatchScope
 from reflection_assets.engines.oracle.cache import CacheWriter, OracleCache
-from reflection_assets.engines.oracle.limits import AdaptiveConcurrency, TokenBucket, backoff_delay
+from reflection_assets.engines.oracle.limits import AdaptiveConcurrency, TokenBucket, backoff_delay, duration
 from reflection_assets.engines.oracle.pricing import cost_usd, price_for
 from reflection_assets.engines.oracle.replies import BackendError, BackendReply, ErrorKind, OracleReply
 from reflection_assets.engines.oracle.settings import OracleSettings
@@ -53,11 +55,6 @@ class OracleStats:
         return {f"oracle/{f.name}": getattr(self, f.name) for f in fields(self)}
 
 
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
-
-
 class OracleClient:
     def __init__(
         self,
@@ -67,8 +64,10 @@ class OracleClient:
         log: logging.Logger | None = None,
         backend: Backend | None = None,
         served: ServedIdentity | None = None,
+        scope: BatchScope | None = None,
     ):
         self.settings = settings
+        self.scope = scope or BatchScope()  # whose batches these are, in batch mode
         # What serves the model name (a probe, or the last observation of these settings):
         # recorded with every reply, and part of the request keys when it is not the first
         # snapshot this database saw (see served_key).
@@ -82,6 +81,7 @@ class OracleClient:
         )
         self.stats = OracleStats()
         self.budget_exhausted = False
+        self.batches_cancelled = False  # batch mode: some were cancelled by `reflection batch cancel`
         if settings.budget_usd is not None and self.price is None:
             self.log.warning(
                 f"no price known for model {settings.model!r}: the budget cannot be enforced; "
@@ -137,9 +137,17 @@ class OracleClient:
             yield reply
         pending = [r for key, r in unique.items() if key not in cached]
         if pending:
-            self.log.info(f"oracle: {len(cached)} of {len(unique)} requests cached, sending {len(pending)}")
-            yield from self._send(pending)
+            yield from self._dispatch(pending, len(cached), len(unique))
         self.stats.wall_s += time.monotonic() - started
+
+    def _dispatch(self, pending: list[OracleRequest], cached: int, total: int) -> Iterator[OracleReply]:
+        """The uncached requests: online, or through the Batch API in batch mode."""
+        if self.settings.mode == "batch":
+            self.log.info(f"oracle: {cached} of {total} requests cached, {len(pending)} go in batches")
+            yield from BatchRunner(self, self.scope).run(pending)
+        else:
+            self.log.info(f"oracle: {cached} of {total} requests cached, sending {len(pending)}")
+            yield from self._send(pending)
 
     # -- sending -----------------------------------------------------------------------
 
@@ -184,6 +192,22 @@ class OracleClient:
             error=message,
             status=status,
         )
+
+
+class DeferringClient(OracleClient):
+    """A client that answers from the cache only: every request it would send is kept in
+    `deferred` and answered as not asked yet. Running a stage's own logic with it gives the
+    requests that stage still needs (`reflection batch export`), wave by wave: a follow-up
+    that depends on an unanswered reply is not asked for until that reply is in."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.deferred: dict[str, OracleRequest] = {}
+
+    def _dispatch(self, pending: list[OracleRequest], cached: int, total: int) -> Iterator[OracleReply]:
+        for request in pending:
+            self.deferred[request.key] = request
+            yield self._failure(request, ErrorKind.DEFERRED, "not asked: written to a batch file", 0)
 
 
 class _Sender:
@@ -352,7 +376,7 @@ class _Progress:
         self.client.log.info(
             f"oracle: {self.done}/{self.total} {'done' if final else 'answered'} "
             f"({self.done / self.total:.0%}), {rate:.1f} req/s, "
-            + (f"took {_duration(elapsed)}" if final else f"ETA {_duration(eta) if eta != float('inf') else '?'}")
+            + (f"took {duration(elapsed)}" if final else f"ETA {duration(eta) if eta != float('inf') else '?'}")
             + f", {tokens:,} tokens, ${stats.cost_usd:.4f}, {stats.retries} retries, "
             f"{stats.failed} failed, concurrency {int(self.limiter.limit)}"
         )

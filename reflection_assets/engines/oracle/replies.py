@@ -9,6 +9,7 @@ class ErrorKind:
     PERMANENT = "permanent"  # 400, 401, 403, 404, 422: asking again will not help
     TRANSIENT = "transient"  # 429, 5xx, timeouts, dropped connections: retries ran out
     BUDGET = "budget"  # not sent: the dollar budget was reached
+    DEFERRED = "deferred"  # not sent: written to a batch file instead (never stored)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ from reflection_assets.method.requests import SamplingSettings
 from reflection_assets.method.served import PROBE_ON, check_probe
 
 BACKENDS = ("local", "openai")
+MODES = ("online", "batch")
 EMBEDDED_MODEL = "SmolLM2-135M-Instruct"
 ORACLE_PREFIX = "REFLECTION_ORACLE_"
 DEFAULT_MAX_TOKENS = 2048
@@ -56,6 +57,10 @@ class OracleSettings:
     repetition_penalty: float = setting(1.1, "REPETITION_PENALTY", "the local backend's repetition penalty (1.0: off); part of the fingerprint")
     no_repeat_ngram: int = setting(6, "NO_REPEAT_NGRAM", "the local backend never repeats a run of this many tokens (0: off); part of the fingerprint")
     probe: str = setting(PROBE_ON, "PROBE", "what the observation checks besides our settings: `on` (the endpoint's model listing and a 1-token completion: the served model, `system_fingerprint`, vLLM's `root`, Ollama's digest; for `local`, a hash of the model file), `model` (the same without `system_fingerprint`) or `off` (only our settings count)")
+    mode: str = setting("online", "MODE", "`online` (each request on its own) or `batch` (the OpenAI Batch API: half the price, up to 24 h; endpoints only)")
+    batch_max_requests: int = setting(50_000, "BATCH_MAX_REQUESTS", "batch mode: requests per batch file at most (the Batch API takes 50,000 and 200 MB)")
+    batch_poll_s: float = setting(30.0, "BATCH_POLL_S", "batch mode: seconds between looks at the batches in flight")
+    batch_discount: float = setting(0.5, "BATCH_DISCOUNT", "batch mode: the batch price as a share of the price table's")
     flush_interval_s: float = 1.0  # replies reach the database at least this often
     progress_interval_s: float = 10.0
 
@@ -82,6 +87,17 @@ class OracleSettings:
             raise SettingsError(f"oracle repetition_penalty={self.repetition_penalty}: expected a number above 0")
         resolve_profile(self.prompts, self.backend)  # a bad value fails here, with its name
         check_probe(self.probe)
+        if self.mode not in MODES:
+            raise SettingsError(f"oracle mode {self.mode!r}: expected one of {', '.join(MODES)}")
+        if self.mode == "batch" and self.backend != "openai":
+            raise SettingsError(
+                "oracle mode 'batch' needs the openai backend (an endpoint with a Batch API); the local backend "
+                "runs in-process, online. For a server without one, see `reflection batch export`"
+            )
+        if not 1 <= self.batch_max_requests <= 50_000:
+            raise SettingsError(f"oracle batch_max_requests={self.batch_max_requests}: expected 1 to 50000 (the Batch API's limit)")
+        if self.batch_poll_s <= 0 or not 0 < self.batch_discount <= 1:
+            raise SettingsError("oracle settings: batch_poll_s must be above 0 and batch_discount in (0, 1]")
 
     @property
     def prompt_profile(self) -> str:
