@@ -62,6 +62,7 @@ bench: setup
 	$(BIN)/python benchmarks/oracle_throughput.py
 	$(BIN)/python benchmarks/reflection_overhead.py
 	$(BIN)/python benchmarks/crash_rebuy.py
+	$(BIN)/python benchmarks/batch_waits.py
 	$(BIN)/python benchmarks/local_generation.py
 	$(BIN)/python benchmarks/demo_stages.py
 

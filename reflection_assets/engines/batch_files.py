@@ -150,14 +150,8 @@ def import_files(db: Database, paths: Sequence[Path], discount: float, price_ove
             seen.add(result.custom_id)
             reply = result.reply
             price = price_for(request.sampling.backend, request.sampling.model, *price_overrides)
-            rows.append((request, OracleReply(
-                request_key=request.key, fingerprint=request.fingerprint, text=reply.text,
-                finish_reason=reply.finish_reason, prompt_tokens=reply.prompt_tokens,
-                completion_tokens=reply.completion_tokens,
-                cost_usd=cost_usd(price, reply.prompt_tokens, reply.completion_tokens) * discount,
-                attempts=1, served_model=reply.served_model, system_fingerprint=reply.system_fingerprint,
-                served_identity=request.served,
-            )))
+            cost = cost_usd(price, reply.prompt_tokens, reply.completion_tokens) * discount
+            rows.append((request, OracleReply.paid(request, reply, cost_usd=cost, attempts=1, served_identity=request.served)))
             report.stored += 1
         else:
             kind = ErrorKind.TRANSIENT if result.transient else ErrorKind.PERMANENT

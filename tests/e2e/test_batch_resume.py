@@ -17,7 +17,8 @@ import pytest
 
 from tests.conftest import alpaca_rows, write_json
 from tests.e2e.dagster_dev import BIN
-from tests.e2e.test_crash_recovery import phase_one_outcomes, wait_for
+from tests.e2e.test_crash_recovery import make_env as crash_env
+from tests.e2e.test_crash_recovery import phase_one_outcomes, reflection, wait_for
 from tests.fakes import reflection_oracle
 from tests.fakes.batch_server import FakeBatchAPI
 
@@ -25,25 +26,9 @@ RECORDS = 40
 
 
 def make_env(home: Path, server: FakeBatchAPI, **extra: str) -> dict:
-    env = dict(
-        os.environ,
-        DAGSTER_HOME=str(home),
-        REFLECTION_SHARDS="1",
-        REFLECTION_ORACLE_BACKEND="openai",
-        REFLECTION_ORACLE_MODEL="gpt-4o-mini",
-        REFLECTION_ORACLE_BASE_URL=server.base_url,
-        REFLECTION_ORACLE_API_KEY="sk-test-batch-0123456789",
-        REFLECTION_ORACLE_MODE="batch",
-        REFLECTION_ORACLE_BATCH_POLL_S="0.2",
-    )
-    env.update(extra)
-    for name in ("REFLECTION_DUCKDB", "REFLECTION_ARTIFACTS"):
-        env.pop(name, None)
+    env = crash_env(home, server)  # one shard, the oracle at the scripted endpoint
+    env.update({"REFLECTION_ORACLE_MODE": "batch", "REFLECTION_ORACLE_BATCH_POLL_S": "0.2", **extra})
     return env
-
-
-def reflection(*args: str, env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "reflection"), *args], capture_output=True, text=True, env=env, timeout=timeout)
 
 
 def register(tmp_path: Path, env: dict) -> None:

@@ -16,7 +16,6 @@ It stops itself when the `with` block ends."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
 import time
@@ -25,12 +24,16 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from tests.fakes.local_server import LocalServer
 from tests.fakes.openai_server import default_reply
 
 TERMINAL = ("completed", "expired", "failed", "cancelled")
 
 
-class FakeBatchAPI:
+class FakeBatchAPI(LocalServer):
+    name = "fake-batch-api"
+    client_max_size = 256 * 1024 * 1024
+
     def __init__(
         self,
         responder: Callable[[dict], str] = default_reply,
@@ -39,6 +42,7 @@ class FakeBatchAPI:
         served_model: str | None = None,
         latency_s: float = 0.0,
     ):
+        super().__init__()
         self.responder = responder
         self.line_plan = line_plan or (lambda custom_id, body, attempt: "ok")
         self.batch_plan = batch_plan or (lambda n: "complete")
@@ -56,15 +60,6 @@ class FakeBatchAPI:
         self.chat: list[dict] = []  # online chat completions (a batch run must send none)
         self.probes = 0
         self._lock = threading.Lock()
-        self.port = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-        self._stop: asyncio.Event | None = None
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
 
     # -- files ---------------------------------------------------------------------------
 
@@ -231,9 +226,7 @@ class FakeBatchAPI:
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": []})
 
-    async def _serve(self) -> None:
-        self._stop = asyncio.Event()
-        app = web.Application(client_max_size=256 * 1024 * 1024)
+    def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/files", self._upload)
         app.router.add_get("/v1/files/{file_id}/content", self._content)
         app.router.add_post("/v1/batches", self._create)
@@ -242,29 +235,3 @@ class FakeBatchAPI:
         app.router.add_post("/v1/batches/{batch_id}/cancel", self._cancel)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self._ready.set()
-        await self._stop.wait()
-        await runner.cleanup()
-
-    def __enter__(self) -> "FakeBatchAPI":
-        def run() -> None:
-            self._loop = asyncio.new_event_loop()
-            self._loop.run_until_complete(self._serve())
-            self._loop.close()
-
-        self._thread = threading.Thread(target=run, name="fake-batch-api", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("the fake Batch API did not start")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        if self._thread is not None:
-            self._thread.join(10)

@@ -27,6 +27,8 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from tests.fakes.local_server import LocalServer
+
 Plan = Callable[[dict, int], object]
 
 
@@ -39,7 +41,10 @@ def body_key(body: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
-class FakeOpenAI:
+class FakeOpenAI(LocalServer):
+    name = "fake-openai"
+    backlog = 4096
+
     def __init__(
         self,
         latency_s: float = 0.0,
@@ -53,6 +58,7 @@ class FakeOpenAI:
         system_fingerprint: str | None = None,
         probe_plan: Callable[[int], object] | None = None,
     ):
+        super().__init__()
         self.latency_s = latency_s
         self.jitter_s = jitter_s
         self.max_concurrency = max_concurrency
@@ -75,15 +81,6 @@ class FakeOpenAI:
         self.in_flight = 0
         self.peak_in_flight = 0
         self._lock = threading.Lock()
-        self.port = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-        self._stop: asyncio.Event | None = None
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
 
     @property
     def request_count(self) -> int:
@@ -186,40 +183,12 @@ class FakeOpenAI:
             {"received": self.request_count, "answered": self.answered, "peak_in_flight": self.peak_in_flight}
         )
 
-    async def _serve(self) -> None:
-        self._stop = asyncio.Event()
+    def routes(self, app: web.Application) -> None:
         self._slots = asyncio.Semaphore(self.max_concurrency) if self.max_concurrency else None
-        app = web.Application()
         app.router.add_post("/v1/chat/completions", self._handle)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/api/tags", self._ollama_tags)
         app.router.add_get("/stats", self._stats)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=4096)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self._ready.set()
-        await self._stop.wait()
-        await runner.cleanup()
-
-    def __enter__(self) -> "FakeOpenAI":
-        def run() -> None:
-            self._loop = asyncio.new_event_loop()
-            self._loop.run_until_complete(self._serve())
-            self._loop.close()
-
-        self._thread = threading.Thread(target=run, name="fake-openai", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("the fake OpenAI server did not start")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        if self._thread is not None:
-            self._thread.join(10)
 
 
 def main() -> None:

@@ -368,20 +368,8 @@ class BatchRunner:
         reply = line.reply
         assert reply is not None
         cost = cost_usd(self.client.price, reply.prompt_tokens, reply.completion_tokens) * self.discount
-        return OracleReply(
-            request_key=request.key,
-            fingerprint=request.fingerprint,
-            text=reply.text,
-            finish_reason=reply.finish_reason,
-            prompt_tokens=reply.prompt_tokens,
-            completion_tokens=reply.completion_tokens,
-            cost_usd=cost,
-            latency_s=0.0,
-            attempts=record.attempt,
-            served_model=reply.served_model,
-            system_fingerprint=reply.system_fingerprint,
-            served_identity=self.client.served.digest if self.client.served else None,
-        )
+        served = self.client.served.digest if self.client.served else None
+        return OracleReply.paid(request, reply, cost_usd=cost, attempts=record.attempt, served_identity=served)
 
     def _failed(self, request: OracleRequest, message: str, status: int | None, transient: bool, record: BatchRecord) -> OracleReply:
         kind = ErrorKind.TRANSIENT if transient else ErrorKind.PERMANENT

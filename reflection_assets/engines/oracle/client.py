@@ -328,22 +328,10 @@ class _Sender:
         stats.completion_tokens += reply.completion_tokens
         stats.cost_usd += cost
         stats.truncated += reply.finish_reason == "length"
+        served = self.client.served.digest if self.client.served else None
         self.writer.add(
             request,
-            OracleReply(
-                request_key=request.key,
-                fingerprint=request.fingerprint,
-                text=reply.text,
-                finish_reason=reply.finish_reason,
-                prompt_tokens=reply.prompt_tokens,
-                completion_tokens=reply.completion_tokens,
-                cost_usd=cost,
-                latency_s=latency,
-                attempts=attempts,
-                served_model=reply.served_model,
-                system_fingerprint=reply.system_fingerprint,
-                served_identity=self.client.served.digest if self.client.served else None,
-            ),
+            OracleReply.paid(request, reply, cost_usd=cost, attempts=attempts, served_identity=served, latency_s=latency),
         )
         self.progress.done += 1
 

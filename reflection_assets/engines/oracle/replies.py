@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from reflection_assets.method.requests import OracleRequest
+
 
 class ErrorKind:
     PERMANENT = "permanent"  # 400, 401, 403, 404, 422: asking again will not help
@@ -62,6 +64,27 @@ class OracleReply:
     served_model: str | None = None  # what the endpoint said answered (the completion's `model`)
     system_fingerprint: str | None = None
     served_identity: str | None = None  # the probed identity the request was sent under
+
+    @classmethod
+    def paid(
+        cls, request: OracleRequest, reply: BackendReply, *, cost_usd: float, attempts: int,
+        served_identity: str | None, latency_s: float = 0.0,
+    ) -> "OracleReply":
+        """A backend's answer to `request`, with what it cost and what served it."""
+        return cls(
+            request_key=request.key,
+            fingerprint=request.fingerprint,
+            text=reply.text,
+            finish_reason=reply.finish_reason,
+            prompt_tokens=reply.prompt_tokens,
+            completion_tokens=reply.completion_tokens,
+            cost_usd=cost_usd,
+            latency_s=latency_s,
+            attempts=attempts,
+            served_model=reply.served_model,
+            system_fingerprint=reply.system_fingerprint,
+            served_identity=served_identity,
+        )
 
     @property
     def ok(self) -> bool:
