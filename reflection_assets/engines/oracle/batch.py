@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import openai
 
@@ -78,6 +78,7 @@ class BatchRunner:
         self._api: openai.OpenAI | None = None
         self.started = time.monotonic()
         self._stopped: list[OracleReply] = []  # recorded as stopped by the budget, to hand on
+        self._worst: dict[str, float] = {}  # the worst-case cost of each request in flight, held against the budget
 
     @property
     def api(self) -> openai.OpenAI:
@@ -158,12 +159,14 @@ class BatchRunner:
         budget = self.settings.budget_usd
         if budget is None:
             return list(requests), []
-        admitted, stopped, reserved = [], [], 0.0
+        admitted, stopped = [], []
+        reserved = sum(self._worst.values())
         for request in requests:
             worst = cost_usd(self.client.price, request.prompt_chars() // 4, request.sampling.max_tokens) * self.discount
             if not stopped and self.stats.cost_usd + reserved + worst <= budget:
                 admitted.append(request)
                 reserved += worst
+                self._worst[request.key] = worst
             else:
                 stopped.append(request)
         if stopped:
@@ -297,72 +300,73 @@ class BatchRunner:
         return self._call(f"download file {file_id}", self.api.files.content, file_id).text
 
     def _collect(self, record: BatchRecord, wanted: dict[str, OracleRequest]) -> tuple[list[OracleReply], list[BatchRecord]]:
-        """Store what a finished batch answered (replies before anything else), decide what
-        is tried again, and record what is not."""
+        """Store what a finished batch answered (replies first, with the failures that are
+        final, in one transaction), then submit what is tried again."""
         source = f"batch {record.provider_batch_id}"
         lines = lines_by_id(
             read_lines(self._download(record.output_file_id), f"{source} output")
             + read_lines(self._download(record.error_file_id), f"{source} errors")
         )
         keys = self.store.keys_of(record.batch_key)
-        requests = self.store.known_requests(keys)
+        # This run's own requests, and the canonical form of the others (a batch re-attached
+        # also holds requests no stage asks for now: their replies are stored all the same).
+        requests = self.store.known_requests(k for k in keys if k not in wanted)
+        requests.update((k, wanted[k]) for k in keys if k in wanted)
+        outcome = self._sort_out(record, [requests[k] for k in keys if k in requests], lines)
+        self.client.cache.write(outcome.stored + outcome.failures)
+        stats = self.stats
+        stats.succeeded += len(outcome.stored)
+        stats.failed += len(outcome.failures)
+        for _, reply in outcome.stored:
+            stats.prompt_tokens += reply.prompt_tokens
+            stats.completion_tokens += reply.completion_tokens
+            stats.cost_usd += reply.cost_usd
+            stats.truncated += reply.truncated
         for key in keys:
-            if key in wanted:
-                requests[key] = wanted[key]
-        stored: list[tuple[OracleRequest, OracleReply]] = []
-        retry_lines: list[OracleRequest] = []
-        gave_up: list[tuple[OracleRequest, LineResult]] = []
-        unanswered: list[OracleRequest] = []
-        for key in keys:
-            request = requests.get(key)
-            if request is None:
-                continue
-            line = lines.get(key)
-            if line is not None and line.ok:
-                stored.append((request, self._reply(request, line, record)))
-            elif line is None:
-                unanswered.append(request)
-            elif line.transient and record.attempt <= self.settings.max_retries:
-                retry_lines.append(request)
-            else:
-                gave_up.append((request, line))
-
-        retries: list[BatchRecord] = []
-        failures: list[tuple[OracleRequest, OracleReply]] = []
-        whole = record.status in ("failed", "cancelled") and not record.cancel_requested
-        if record.status == "cancelled" and record.cancel_requested:
-            self.client.batches_cancelled = True
-            failures += [(r, self._failed(r, "cancelled by `reflection batch cancel`", None, False, record)) for r in unanswered]
-        elif whole and not record.whole_retry:
-            retries += self._submit(unanswered, record.attempt, record.batch_key, whole_retry=True)
-        elif whole:
-            why = record.message or f"the batch was {record.status}"
-            failures += [(r, self._failed(r, f"batch {record.status} twice: {why}", None, True, record)) for r in unanswered]
-        elif record.attempt <= self.settings.max_retries:
-            retry_lines += unanswered  # expired, or missing from the output
-        else:
-            failures += [(r, self._failed(r, f"not answered before the batch {record.status}", None, True, record)) for r in unanswered]
-        for request, line in gave_up:
-            note = f" after {record.attempt} batches" if line.transient else ""
-            failures.append((request, self._failed(request, line.message + note, line.status, line.transient, record)))
-
-        self.client.cache.write(stored + failures)  # replies first, in one transaction with the failures
-        self.stats.succeeded += len(stored)
-        self.stats.failed += len(failures)
-        for _, reply in stored:
-            self.stats.prompt_tokens += reply.prompt_tokens
-            self.stats.completion_tokens += reply.completion_tokens
-            self.stats.cost_usd += reply.cost_usd
-            self.stats.truncated += reply.truncated
-        if retry_lines:
-            self.stats.retries += len(retry_lines)
-            retries += self._submit(retry_lines, record.attempt + 1, record.batch_key)
+            self._worst.pop(key, None)  # no longer in flight: its real cost counts now
+        retries = []
+        if outcome.whole_again:
+            retries += self._submit(outcome.whole_again, record.attempt, record.batch_key, whole_retry=True)
+        if outcome.lines_again:
+            stats.retries += len(outcome.lines_again)
+            retries += self._submit(outcome.lines_again, record.attempt + 1, record.batch_key)
         self.store.update(record.batch_key, collected=True)
         self.log.info(
-            f"oracle batch: {source} {record.status}: {len(stored)} replies stored, {len(failures)} failed, "
-            f"{sum(r.requests for r in retries)} submitted again"
+            f"oracle batch: {source} {record.status}: {len(outcome.stored)} replies stored, "
+            f"{len(outcome.failures)} failed, {sum(r.requests for r in retries)} submitted again"
         )
-        return [reply for _, reply in stored + failures], retries
+        return [reply for _, reply in outcome.stored + outcome.failures], retries
+
+    def _sort_out(self, record: BatchRecord, requests: Sequence[OracleRequest], lines: dict[str, LineResult]) -> "_Outcome":
+        """What becomes of each request of a finished batch: stored, tried again (its line
+        alone, or the whole batch once), or recorded as failed."""
+        out = _Outcome()
+        unanswered = []
+        may_retry = record.attempt <= self.settings.max_retries
+        for request in requests:
+            line = lines.get(request.key)
+            if line is None:
+                unanswered.append(request)
+            elif line.ok:
+                out.stored.append((request, self._reply(request, line, record)))
+            elif line.transient and may_retry:
+                out.lines_again.append(request)
+            else:
+                note = f" after {record.attempt} batches" if line.transient else ""
+                out.failures.append((request, self._failed(request, line.message + note, line.status, line.transient, record)))
+        whole = record.status in ("failed", "cancelled")
+        if record.cancel_requested:  # whatever it ended as: what it left is not asked again
+            self.client.batches_cancelled = True
+            out.fail(self, record, unanswered, "cancelled by `reflection batch cancel`", transient=False)
+        elif whole and not record.whole_retry:
+            out.whole_again = unanswered
+        elif whole:
+            out.fail(self, record, unanswered, f"batch {record.status} twice: {record.message or 'no reason given'}")
+        elif may_retry:
+            out.lines_again += unanswered  # expired, or missing from the output
+        else:
+            out.fail(self, record, unanswered, f"not answered before the batch {record.status}")
+        return out
 
     def _reply(self, request: OracleRequest, line: LineResult, record: BatchRecord) -> OracleReply:
         reply = line.reply
@@ -375,3 +379,16 @@ class BatchRunner:
         kind = ErrorKind.TRANSIENT if transient else ErrorKind.PERMANENT
         return self.client._failure(request, kind, f"{message} (batch {record.provider_batch_id})", record.attempt, status)
 
+
+
+@dataclass
+class _Outcome:
+    """A finished batch's requests, sorted (BatchRunner._sort_out)."""
+
+    stored: list[tuple[OracleRequest, OracleReply]] = field(default_factory=list)
+    failures: list[tuple[OracleRequest, OracleReply]] = field(default_factory=list)
+    lines_again: list[OracleRequest] = field(default_factory=list)  # in a batch of their own, attempt + 1
+    whole_again: list[OracleRequest] = field(default_factory=list)  # the batch failed as a whole: once more
+
+    def fail(self, runner: BatchRunner, record: BatchRecord, requests, message: str, transient: bool = True) -> None:
+        self.failures += [(r, runner._failed(r, message, None, transient, record)) for r in requests]
