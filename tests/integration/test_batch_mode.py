@@ -167,3 +167,17 @@ def test_constrained_requests_are_refused_as_online(tmp_path, env):
         request = client.request([("user", "good?")], "judge", constraint="yes_score_1_10")
         [reply] = list(client.complete_many([request]))
     assert reply.error_kind == "permanent" and "needs the local backend" in reply.error and server.created == []
+
+
+def test_a_batch_the_provider_no_longer_knows_is_submitted_once_more(tmp_path, env):
+    with FakeBatchAPI() as server:
+        env(server)
+        client, db = client_for(tmp_path)
+        requests = requests_of(client, 4)
+        store = BatchStore(db)
+        gone = store.create(kind="api", role="oracle", base_url=server.base_url, model="gpt-4o-mini",
+                            scope={"dataset": "d"}, requests=requests, attempt=1)
+        store.update(gone.batch_key, input_file_id="file-gone", provider_batch_id="batch_deleted", status="in_progress")
+        replies = list(client.complete_many(requests))
+    assert all(r.ok for r in replies) and len(server.created) == 1
+    assert store.get(gone.batch_key).status == "failed" and "has no batch batch_deleted" in store.get(gone.batch_key).message
