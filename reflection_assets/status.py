@@ -11,10 +11,10 @@ import dagster as dg
 
 from reflection_assets.assets.partitions import DATASETS, SHARDS, record_partition_key
 from reflection_assets.dagster_private import AssetPartitionStatus, StaleCauseCategory, StaleStatus, stale_resolver
+from reflection_assets.assets.oracles import DATA_VERSION_TAG
 from reflection_assets.method.served import served_change
 
-DATA_VERSION_TAG = "dagster/data_version"
-INPUT_VERSION_PREFIX = "dagster/input_data_version"
+INPUT_VERSION_PREFIX = "dagster/input_data_version"  # Dagster's tag on a materialization, per input
 
 ORACLE_KEYS = {"oracle": "oracle changed", "judge": "judge changed", "student": "student changed"}
 

@@ -14,11 +14,11 @@ from reflection_assets.assets.failures import user_errors_fail_the_step
 from reflection_assets.assets.metadata import markdown_table, png_markdown
 from reflection_assets.assets.oracles import judge as judge_source
 from reflection_assets.assets.oracles import llm_client
-from reflection_assets.engines.reflection_store import judge_served_by
 from reflection_assets.assets.partitions import DATASETS
 from reflection_assets.assets.resources import DUCKDB_POOL, OWNER, JudgeResource, StorageResource
 from reflection_assets.engines.answers import GenerationSettings
 from reflection_assets.engines.benchmark import plot_scores, run_benchmark
+from reflection_assets.engines.reflection_store import judge_served_by
 from reflection_assets.engines.testsets import BUNDLED_TESTSET, TestsetError, TestsetRegistry
 
 CHECK = "recycled_beats_baseline"
