@@ -150,8 +150,8 @@ def run_dataset_partition(
 
 def observe(instance: dg.DagsterInstance, defs: dg.Definitions) -> dict[str, dict]:
     """Observe the oracle, the judge and the student now: {source: what the observation
-    recorded}, or {source: {"error": why}} for one that failed (a probe that got no answer:
-    its data version stays as it was)."""
+    recorded}, or {source: {"error": why, ...}} for one that failed, with its failure's
+    metadata (`probe_error` when the probe got no answer: its data version stays as it was)."""
     result = defs.resolve_job_def(OBSERVE_JOB).execute_in_process(
         instance=instance,
         raise_on_error=False,
@@ -164,7 +164,9 @@ def observe(instance: dg.DagsterInstance, defs: dg.Definitions) -> dict[str, dic
             observation = event.asset_observation_data.asset_observation
             observed[observation.asset_key.to_user_string()] = {k: v.value for k, v in observation.metadata.items()}
         elif event.is_step_failure and event.step_key:
-            observed[event.step_key] = {"error": _step_failure_text(event)}
+            failure = event.step_failure_data.user_failure_data if event.step_failure_data else None
+            metadata = {k: v.value for k, v in failure.metadata.items()} if failure else {}
+            observed[event.step_key] = {"error": _step_failure_text(event), **metadata}
     return observed
 
 
@@ -176,7 +178,7 @@ def observe_sources(instance: dg.DagsterInstance, defs: dg.Definitions, keys: Se
     graph = defs.resolve_asset_graph()
     if any(graph.get(parent).is_observable for key in keys for parent in graph.get(key).parent_keys):
         for source, facts in observe(instance, defs).items():
-            if "error" in facts and "probe" in facts["error"]:
+            if "probe_error" in facts:
                 print(f"reflection: observing the {source} failed: {facts['error']}", file=sys.stderr)
 
 

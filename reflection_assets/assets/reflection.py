@@ -15,10 +15,10 @@ from reflection_assets.assets.partitions import RECORD_PARTITIONS, dataset_and_s
 from reflection_assets.assets.raw import raw_dataset
 from reflection_assets.assets.resources import DUCKDB_POOL, OWNER, OracleResource, StorageResource
 from reflection_assets.engines.oracle.client import OracleClient
-from reflection_assets.engines.reflection import PhaseResult, prompt_version, reflect_instructions, reflect_responses
+from reflection_assets.engines.reflection import PhaseResult, prompt_version, reflect_instructions, reflect_responses, repair_calls
 from reflection_assets.engines.reflection_store import (
-    instruction_reflected_pairs,
     recycled_summary,
+    response_variants,
     served_by,
     shard_health,
     raw_pairs,
@@ -103,9 +103,7 @@ def _phase_metadata(results: list[PhaseResult], client: OracleClient, before_aft
 
 
 def _repair(config: ReflectionConfig, client: OracleClient) -> bool:
-    if config.repair == "auto":
-        return client.settings.backend != "local"
-    return config.repair == "on"
+    return repair_calls(config.repair, client.settings.backend)
 
 
 def _health_checks(
@@ -192,12 +190,9 @@ def reflected_responses(
     dataset, shard = dataset_and_shard(context)
     db = storage.db()
     with user_errors_fail_the_step():
-        chain_pairs, reflected = instruction_reflected_pairs(db, dataset, shard)
+        variants = response_variants(db, dataset, shard, config.also_original)
     client = llm_client(context, "oracle", oracle, storage)
     version = prompt_version(client)
-    variants = {"chain": (chain_pairs, reflected)}
-    if config.also_original:
-        variants["original"] = (raw_pairs(db, dataset, shard), set())
     # Both variants go to the oracle together; where phase 1 kept a pair, they are the
     # same request and are paid once.
     all_results = reflect_responses(

@@ -23,6 +23,7 @@ def cmd_batch_export(args: argparse.Namespace) -> int:
     from reflection_assets.engines.batch_files import stage_requests, write_export
     from reflection_assets.engines.oracle.batch_store import BatchStore
     from reflection_assets.engines.oracle.client import DeferringClient
+    from reflection_assets.engines.reflection import repair_calls
 
     storage = storage_resource()
     storage.registry().get(args.dataset)  # an unknown name fails here, with the names there are
@@ -31,8 +32,8 @@ def cmd_batch_export(args: argparse.Namespace) -> int:
     served = served_identity_for(ensure_instance(), "oracle", settings)
     client = resource.client(storage, served=served, client_class=DeferringClient)
     shards = [int(key) for key in SHARDS.get_partition_keys()]
-    # As the stage's `repair: auto` decides: follow-up calls for endpoints, none for local.
-    requests = stage_requests(client, storage.db(), args.dataset, shards, args.stage, repair=settings.backend != "local")
+    # The stage's default settings (`repair: auto`, `also_original: true`).
+    requests = stage_requests(client, storage.db(), args.dataset, shards, args.stage, repair_calls("auto", settings.backend))
     out = Path(args.out)
     write_export(
         BatchStore(storage.db()), requests, out, role="oracle", model=settings.model,

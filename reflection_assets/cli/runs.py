@@ -185,13 +185,13 @@ def _send_ahead(instance, dataset: str, stage: str, shards, asset_config: dict) 
     from reflection_assets.assets.resources import OracleResource
     from reflection_assets.engines.batch_files import send_ahead
     from reflection_assets.engines.oracle.batch import BatchScope
+    from reflection_assets.engines.reflection import repair_calls
 
     resource, storage = OracleResource(), storage_resource()
     settings = resource.settings()
     served = served_identity_for(instance, "oracle", settings)
     config = asset_config.get(stage, {})
-    repair = config.get("repair", "auto")
-    repair = settings.backend != "local" if repair == "auto" else repair == "on"
+    repair = repair_calls(config.get("repair", "auto"), settings.backend)
     log = logging.getLogger("reflection.oracle.ahead")
     if not log.handlers:
         handler = logging.StreamHandler(sys.stderr)

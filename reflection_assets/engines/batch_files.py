@@ -21,7 +21,7 @@ from reflection_assets.engines.oracle.client import DeferringClient, OracleClien
 from reflection_assets.engines.oracle.pricing import cost_usd, price_for
 from reflection_assets.engines.oracle.replies import ErrorKind, OracleReply
 from reflection_assets.engines.reflection import reflect_instructions, reflect_responses
-from reflection_assets.engines.reflection_store import instruction_reflected_pairs, raw_pairs
+from reflection_assets.engines.reflection_store import raw_pairs, response_variants
 from reflection_assets.engines.storage import Database
 from reflection_assets.errors import UserError
 from reflection_assets.method.requests import OracleRequest
@@ -43,8 +43,8 @@ def stage_requests(
         if stage == "reflected_instructions":
             reflect_instructions(client, raw_pairs(db, dataset, shard), repair)
         else:
-            chain, _ = instruction_reflected_pairs(db, dataset, shard)
-            reflect_responses(client, chain + (raw_pairs(db, dataset, shard) if also_original else []), repair)
+            variants = response_variants(db, dataset, shard, also_original)
+            reflect_responses(client, [p for pairs, _ in variants.values() for p in pairs], repair)
     return list(client.deferred.values())
 
 

@@ -58,6 +58,15 @@ class PhaseResult:
         return self.outcome == Outcome.OK
 
 
+def repair_calls(setting: str, backend: str) -> bool:
+    """Whether a reply that failed to parse gets one follow-up call (the stages' `repair`
+    setting): `auto` is on for endpoints and off for the embedded model, whose failed replies
+    are echo loops that a second call does not fix."""
+    if setting == "auto":
+        return backend != "local"
+    return setting == "on"
+
+
 def prompt_version(client: OracleClient) -> str:
     """The version of the prompts the client's profile uses: part of every request and of
     the oracle fingerprint."""

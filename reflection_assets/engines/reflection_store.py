@@ -62,6 +62,18 @@ def instruction_reflected_pairs(db: Database, dataset: str, shard: int) -> tuple
     return [Record(*row[:4]) for row in rows], {row[0] for row in rows if row[4]}
 
 
+def response_variants(
+    db: Database, dataset: str, shard: int, also_original: bool
+) -> dict[str, tuple[list[Record], set[str]]]:
+    """What phase 2 reflects for one shard, by variant: `chain`, the pairs phase 1 left
+    (with the ids it replaced), and with `also_original`, `original`, the raw pairs. The
+    stage and `reflection batch export` both ask exactly these."""
+    variants = {"chain": instruction_reflected_pairs(db, dataset, shard)}
+    if also_original:
+        variants["original"] = (raw_pairs(db, dataset, shard), set())
+    return variants
+
+
 def _replace_shard(
     db: Database, table: str, dataset: str, shard: int, frame: pl.DataFrame, fingerprint: str, prompt_version: str
 ) -> None:

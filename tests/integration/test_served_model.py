@@ -7,6 +7,7 @@ their new replies name the new snapshot; a probe that fails marks nothing and sa
 import dagster as dg
 import pytest
 
+from reflection_assets import cli
 from reflection_assets.assets.oracles import latest_facts
 from reflection_assets.definitions import defs
 from reflection_assets.engines.oracle.client import OracleClient
@@ -132,7 +133,7 @@ def test_a_changed_serving_configuration_is_said_and_model_level_ignores_it(home
 
 
 @pytest.mark.parametrize("failure", ["http500", "timeout"])
-def test_a_probe_that_fails_marks_nothing_and_says_why(home, tagged, server, monkeypatch, failure):  # noqa: F811
+def test_a_probe_that_fails_marks_nothing_and_says_why(home, tagged, server, monkeypatch, capsys, failure):  # noqa: F811
     instance = tagged
     tick = Ticks(instance)
     monkeypatch.setenv("REFLECTION_ORACLE_TIMEOUT", "1")
@@ -144,13 +145,19 @@ def test_a_probe_that_fails_marks_nothing_and_says_why(home, tagged, server, mon
     observed = observe_all(instance, defs)
     expected = "HTTP 500" if failure == "http500" else "no reply within 1 s (timeout)"
     assert expected in observed["oracle"]["error"] and "nothing changed" in observed["oracle"]["error"]
-    assert "sk-test" not in observed["oracle"]["error"]
+    assert "sk-test" not in observed["oracle"]["error"] and observed["oracle"]["probe_error"]
+    assert "error" not in observed["student"]  # the other sources are observed all the same
     assert instance.get_latest_data_version_record(dg.AssetKey("oracle"), is_source=True).asset_observation.data_version == first
     assert all(not s.stale for s in status(instance).values())
     assert tick() == {}
-    # A run goes on with what was last observed for its settings: it needs no probe.
+    # `reflection observe` says it and exits 1; a run says it and goes on with what was last
+    # observed for its settings: it needs no probe of its own.
+    assert cli.main(["observe"]) == 1
+    said = capsys.readouterr()
+    assert f"oracle   observation failed: probe of 'gpt-4o-mini' at {server.base_url}" in said.out
     probes = len(server.probes)
     run(instance, shards=["01"])
+    assert "reflection: observing the oracle failed: probe of" in capsys.readouterr().err
     assert len(server.probes) == probes + 2 * 2  # the run's own observation (and retry), failed again
 
 
