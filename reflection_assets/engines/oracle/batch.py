@@ -267,16 +267,20 @@ class BatchRunner:
         message = None
         if batch.errors and batch.errors.data:
             message = "; ".join(e.message or e.code or "" for e in batch.errors.data)
-        self.store.update(
-            record.batch_key,
-            status=batch.status,
-            completed=counts.completed if counts else 0,
-            failed=counts.failed if counts else 0,
-            output_file_id=batch.output_file_id,
-            error_file_id=batch.error_file_id,
-            message=message,
-        )
-        return self.store.get(record.batch_key)
+        seen = {
+            "status": batch.status,
+            "completed": counts.completed if counts else 0,
+            "failed": counts.failed if counts else 0,
+            "output_file_id": batch.output_file_id,
+            "error_file_id": batch.error_file_id,
+            "message": message,
+        }
+        # Written only when something changed: a wait of hours is mostly looks that find the
+        # batch as it was, and each write is a DuckDB commit and checkpoint.
+        if any(getattr(record, name) != value for name, value in seen.items()):
+            self.store.update(record.batch_key, **seen)
+            record = self.store.get(record.batch_key)
+        return record
 
     def _progress(self, waiting: Sequence[BatchRecord]) -> None:
         states = Counter(r.status for r in waiting)
