@@ -58,3 +58,28 @@ def alpaca_rows(n: int, with_input_every: int = 3, seed: str = "") -> list[dict]
         }
         for i in range(n)
     ]
+
+
+@pytest.fixture(scope="session")
+def tiny_student(shared_artifacts) -> Path:
+    """A Llama-shaped model of two small layers, built from a config with the embedded
+    model's tokenizer and saved as a model folder: for tests of the graph's plumbing that
+    train, score and answer with a student, where the embedded model's 135M parameters would
+    only add minutes of CPU (its own tests use it)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from reflection_assets.engines.models import EMBEDDED_NAME, load_tokenizer
+
+    folder = shared_artifacts / "tiny-student"
+    if not (folder / "config.json").exists():
+        tokenizer = load_tokenizer(EMBEDDED_NAME, shared_artifacts)
+        config = LlamaConfig(
+            vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        )
+        torch.manual_seed(0)
+        LlamaForCausalLM(config).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+    return folder

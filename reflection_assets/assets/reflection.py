@@ -21,7 +21,7 @@ from reflection_assets.engines.reflection_store import (
     response_variants,
     served_by,
     shard_health,
-    raw_pairs,
+    phase1_pairs,
     write_instruction_results,
     write_recycled,
     write_response_results,
@@ -163,7 +163,8 @@ def reflected_instructions(
     db = storage.db()
     client = llm_client(context, "oracle", oracle, storage)
     version = prompt_version(client)
-    pairs = raw_pairs(db, dataset, shard)
+    with user_errors_fail_the_step():
+        pairs = phase1_pairs(db, dataset, shard)
     results = reflect_instructions(client, pairs, _repair(config, client))
     write_instruction_results(db, dataset, shard, results, client.fingerprint(version), version)
     metadata = _phase_metadata(

@@ -49,6 +49,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"wrote {result.rows} {'rows' if result.entry is None else 'records'} to {result.path} ({args.format})")
     if result.entry is not None:
         print(f"LLaMA-Factory entry {result.entry!r} in {result.dataset_info}")
+    if result.shards_empty:
+        print(f"{result.shards_empty} shard(s) materialized with no {args.stage} row"
+              + (" (the student kept none of their records)" if args.stage == "selective" else ""))
     if result.shards_missing:
         shards = ", ".join(f"{s:02d}" for s in result.shards_missing)
         print(f"warning: shard(s) {shards} have no {args.stage} rows yet; the file holds the others", file=sys.stderr)

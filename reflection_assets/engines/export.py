@@ -12,6 +12,7 @@ from pathlib import Path
 
 import polars as pl
 
+from reflection_assets.engines.shards import written_shards
 from reflection_assets.engines.storage import Database
 from reflection_assets.errors import UserError
 
@@ -45,10 +46,17 @@ class ExportResult:
     rows: int
     dataset_info: Path | None  # None for a stage's inspection rows: not a training set
     entry: str | None
-    shards_missing: list[int]
+    shards_missing: list[int]  # shards the stage has not been materialized for
+    shards_empty: int = 0  # shards it was materialized for that hold no row
 
 
-def load_rows(db: Database, dataset: str, stage: str, shard_count: int) -> tuple[pl.DataFrame, list[int]]:
+def _asset(stage: str) -> str:
+    return INSPECTION_STAGES[stage][1] if stage in INSPECTION_STAGES else STAGE_ASSETS[stage]
+
+
+def load_rows(db: Database, dataset: str, stage: str, shard_count: int) -> tuple[pl.DataFrame, list[int], int]:
+    """The stage's rows, the shards it has not been materialized for, and how many of the
+    shards it was materialized for hold no row (a small dataset leaves shards empty)."""
     if stage in INSPECTION_STAGES:
         view = INSPECTION_STAGES[stage][0]
         sql = (f"SELECT {', '.join(INSPECTION_COLUMNS[stage])}, shard FROM {view} WHERE dataset = ? "
@@ -59,8 +67,11 @@ def load_rows(db: Database, dataset: str, stage: str, shard_count: int) -> tuple
                f"FROM {STAGES[stage]} WHERE dataset = ? ORDER BY source_row, record_id")
     with db.connect() as con:
         frame = con.execute(sql, [dataset]).pl()
+        written = written_shards(con, _asset(stage), dataset)
     present = set(frame["shard"].to_list())
-    return frame.drop("shard"), [s for s in range(shard_count) if s not in present]
+    missing = [s for s in range(shard_count) if s not in present and s not in written]
+    empty = sum(1 for s in written if s not in present and s < shard_count)
+    return frame.drop("shard"), missing, empty
 
 
 def _alpaca(frame: pl.DataFrame) -> list[dict]:
@@ -114,10 +125,10 @@ def export_dataset(
     formats = INSPECTION_FORMATS if stage in INSPECTION_STAGES else EXPORT_FORMATS
     if fmt not in formats:
         raise ExportError(f"format {fmt!r} for stage {stage}: expected one of {', '.join(formats)}")
-    frame, missing = load_rows(db, dataset, stage, shard_count)
-    if frame.is_empty():
-        asset = INSPECTION_STAGES[stage][1] if stage in INSPECTION_STAGES else STAGE_ASSETS[stage]
-        raise ExportError(f"dataset {dataset!r} has no {stage} rows yet: materialize {asset} first")
+    frame, missing, empty = load_rows(db, dataset, stage, shard_count)
+    if frame.is_empty() and not empty:
+        raise ExportError(f"dataset {dataset!r} has no {stage} rows yet: materialize {_asset(stage)} first")
+    # Materialized and empty (the student kept no record, a small dataset): an empty file.
 
     def write(temp: Path) -> None:
         if fmt == "parquet":
@@ -130,11 +141,11 @@ def export_dataset(
 
     _write_atomically(out, write)
     if stage in INSPECTION_STAGES:
-        return ExportResult(out, frame.height, None, None, missing)
+        return ExportResult(out, frame.height, None, None, missing, empty)
 
     info_path = out.parent / "dataset_info.json"
     info = json.loads(info_path.read_text()) if info_path.exists() else {}
     entry = f"{dataset}_{stage}"
     info[entry] = _dataset_info_entry(fmt, out.name)
     _write_atomically(info_path, lambda t: t.write_text(json.dumps(info, indent=2) + "\n"))
-    return ExportResult(out, frame.height, info_path, entry, missing)
+    return ExportResult(out, frame.height, info_path, entry, missing, empty)

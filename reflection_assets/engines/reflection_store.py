@@ -8,13 +8,16 @@ from dataclasses import dataclass
 import polars as pl
 
 from reflection_assets.engines.reflection import PhaseResult
-from reflection_assets.method.records import Record
+from reflection_assets.engines.shards import mark_written, require_upstream
 from reflection_assets.engines.storage import Database
+from reflection_assets.method.records import Record
 from reflection_assets.errors import UserError
 from reflection_assets.method.prompts import BETTER_ANSWER, NEW_ANSWER, NEW_INSTRUCTION
 
 RECYCLE_MODES = {"chain": "reflect.recycle_chain", "instruction": "reflect.recycle_instruction",
                  "response": "reflect.recycle_response"}
+# The stage that writes each table, as registry.stage_shards names it.
+STAGE_OF_TABLE = {"reflect.instructions": "reflected_instructions", "reflect.responses": "reflected_responses"}
 
 
 class ReflectionInputError(UserError):
@@ -29,6 +32,16 @@ def raw_pairs(db: Database, dataset: str, shard: int) -> list[Record]:
             [dataset, shard],
         ).fetchall()
     return [Record(*row) for row in rows]
+
+
+def phase1_pairs(db: Database, dataset: str, shard: int) -> list[Record]:
+    """What reflected_instructions reflects: the shard's raw pairs. None is fine when
+    raw_dataset ran on an empty shard; an error when it never ran on this shard."""
+    pairs = raw_pairs(db, dataset, shard)
+    if not pairs:
+        with db.connect() as con:
+            require_upstream(con, "reflected_instructions", dataset, shard)
+    return pairs
 
 
 def instruction_reflected_pairs(db: Database, dataset: str, shard: int) -> tuple[list[Record], set[str]]:
@@ -59,6 +72,8 @@ def instruction_reflected_pairs(db: Database, dataset: str, shard: int) -> tuple
             """,
             [dataset, shard],
         ).fetchall()
+        if not rows:
+            require_upstream(con, "reflected_responses", dataset, shard)
     return [Record(*row[:4]) for row in rows], {row[0] for row in rows if row[4]}
 
 
@@ -86,6 +101,7 @@ def _replace_shard(
             f"SELECT ?, ?, ?, ?, {columns} FROM frame",
             [dataset, shard, fingerprint, prompt_version],
         )
+        mark_written(con, STAGE_OF_TABLE[table], dataset, shard, frame.height)
 
 
 def _common(result: PhaseResult) -> dict[str, object]:
@@ -156,6 +172,9 @@ def write_recycled(db: Database, dataset: str, shard: int, mode: str) -> int:
         expected = con.execute(
             "SELECT count(*) FROM raw.records WHERE dataset = ? AND shard = ?", [dataset, shard]
         ).fetchone()[0]
+        if expected == 0:
+            upstream = "reflected_instructions" if mode == "instruction" else "reflected_responses"
+            require_upstream(con, "recycled_dataset", dataset, shard, upstream)
         if available < expected:
             needs = {
                 "chain": "reflected_instructions and reflected_responses",
@@ -180,6 +199,7 @@ def write_recycled(db: Database, dataset: str, shard: int, mode: str) -> int:
             """,
             [dataset, shard],
         )
+        mark_written(con, "recycled_dataset", dataset, shard, available)
     return available
 
 

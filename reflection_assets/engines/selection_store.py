@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import polars as pl
 
 from reflection_assets.engines.ifd import Pair, PairScore, StudentScorer
+from reflection_assets.engines.shards import mark_written, require_upstream
 from reflection_assets.engines.storage import Database
 from reflection_assets.errors import UserError
 from reflection_assets.method.selection import OK, VARIANTS, Perplexities, VariantScore, decide, top_share
@@ -42,8 +43,9 @@ def _check_variants(con, dataset: str, shard: int) -> None:
     )
     records = counts.get("original", 0)
     key = f"{dataset}|{shard:02d}"
-    if records == 0:
-        raise SelectionInputError(f"{key} has no records: materialize raw_dataset for this shard first")
+    if records == 0:  # an empty shard: nothing to score once reflected_responses ran on it
+        require_upstream(con, "student_scores", dataset, shard)
+        return
     if counts.get("instruction", 0) < records:
         raise SelectionInputError(
             f"{records - counts.get('instruction', 0)} record(s) of {key} have no instruction reflection: "
@@ -142,7 +144,9 @@ def score_shard(
     frame = pl.DataFrame(rows, infer_schema_length=None)  # noqa: F841 (read by DuckDB by its name)
     with db.transaction() as con:
         con.execute("DELETE FROM selection.student_scores WHERE dataset = ? AND shard = ?", [dataset, shard])
-        con.execute("INSERT INTO selection.student_scores BY NAME SELECT * FROM frame")
+        if rows:
+            con.execute("INSERT INTO selection.student_scores BY NAME SELECT * FROM frame")
+        mark_written(con, "student_scores", dataset, shard, len(rows))
     summary.statuses = dict(Counter(known[k].status for k in keys))
     summary.truncated = sum(known[k].truncated for k in keys)
     return summary
@@ -166,10 +170,12 @@ def select_shard(db: Database, dataset: str, shard: int, top_k: float | None = N
         records = con.execute(
             "SELECT count(*) FROM raw.records WHERE dataset = ? AND shard = ?", [dataset, shard]
         ).fetchone()[0]
+        if records == 0:  # an empty shard: nothing to select once student_scores ran on it
+            require_upstream(con, "selective_dataset", dataset, shard)
     by_record: dict[str, dict[str, VariantScore]] = {}
     for record_id, variant, ifd, r_ifd in scores:
         by_record.setdefault(record_id, {})[variant] = VariantScore(ifd, r_ifd)
-    if not by_record or len(by_record) < records:
+    if len(by_record) < records:
         raise SelectionInputError(f"{key} has records without student scores: materialize student_scores for this shard first")
     decisions = {rid: decide(variants) for rid, variants in sorted(by_record.items())}
     selected = {rid: by_record[rid][d.kept].ifd for rid, d in decisions.items() if d.kept}
@@ -188,7 +194,8 @@ def select_shard(db: Database, dataset: str, shard: int, top_k: float | None = N
     decision_frame = pl.DataFrame(rows, infer_schema_length=None)  # noqa: F841 (read by DuckDB by its name)
     with db.transaction() as con:
         con.execute("DELETE FROM selection.decisions WHERE dataset = ? AND shard = ?", [dataset, shard])
-        con.execute("INSERT INTO selection.decisions BY NAME SELECT * FROM decision_frame")
+        if rows:
+            con.execute("INSERT INTO selection.decisions BY NAME SELECT * FROM decision_frame")
         con.execute("DELETE FROM selection.selective WHERE dataset = ? AND shard = ?", [dataset, shard])
         con.execute(
             """
@@ -210,6 +217,10 @@ def select_shard(db: Database, dataset: str, shard: int, top_k: float | None = N
             "FROM selection.selective WHERE dataset = ? AND shard = ? ORDER BY record_id LIMIT 5",
             [dataset, shard],
         ).pl()
+        kept_rows = con.execute(
+            "SELECT count(*) FROM selection.selective WHERE dataset = ? AND shard = ?", [dataset, shard]
+        ).fetchone()[0]
+        mark_written(con, "selective_dataset", dataset, shard, kept_rows)
     counts = Counter(d.kept or "none" for d in decisions.values())
     kept = {"both": counts.get("both", 0), "response": counts.get("response", 0), "none": counts.get("none", 0),
             "cut_by_top_k": sum(r["cut_by_top_k"] for r in rows)}
