@@ -142,9 +142,9 @@ class StudentScorer:
 
     def tokenizer(self):
         if self._tokenizer is None:
-            from reflection_assets.engines.models import load_tokenizer
+            from reflection_assets.engines.models import shared_tokenizer
 
-            tokenizer = load_tokenizer(self.model_name, self.artifacts)
+            tokenizer = shared_tokenizer(self.model_name, self.artifacts)
             if self.template == "chat" and not getattr(tokenizer, "chat_template", None):
                 raise ScoringError(
                     f"{self.model_name} has no chat template: score with template vicuna, alpaca or wizardlm"
@@ -212,14 +212,14 @@ class StudentScorer:
         if self._model is None:
             import torch
 
-            from reflection_assets.engines.models import load_causal_lm
+            from reflection_assets.engines.models import shared_causal_lm
 
             # float32 weights; bfloat16 runs as autocast, so the residual stream, norms and
-            # the loss stay in float32 (pure bfloat16 weights moved IFD by up to 10%).
-            model, _ = load_causal_lm(self.model_name, self.artifacts, "float32")
-            model.to("cuda" if torch.cuda.is_available() else "cpu")
-            self._model = model
-            self.log(f"student {self.model_name} loaded for scoring ({self.dtype})")
+            # the loss stay in float32 (pure bfloat16 weights moved IFD by up to 10%). Loaded
+            # once per process: a run over many shards makes a scorer for each.
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+            self._model, _ = shared_causal_lm(self.model_name, self.artifacts, "float32", device)
+            self.log(f"student {self.model_name} ready for scoring ({self.dtype}, {device})")
         return self._model
 
     def _forward(self, batch: Sequence[_Sequence]) -> list[float]:

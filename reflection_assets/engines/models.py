@@ -19,7 +19,7 @@ EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CONVERSION_VERSION = "v2"  # bumped when the converted folder changes, so it is redone
 
 _convert_lock = threading.Lock()
-_shared: dict[tuple[str, str], tuple[object, object]] = {}
+_shared: dict[tuple[str, str, str], tuple[object, object]] = {}
 _shared_lock = threading.Lock()
 
 
@@ -122,15 +122,27 @@ def load_causal_lm(name_or_path: str, artifacts: str | Path, dtype: str = "float
     return model, tokenizer
 
 
-def shared_causal_lm(name_or_path: str, artifacts: str | Path, dtype: str = "float32"):
-    """(model, tokenizer) loaded once per process and kept: for callers that only run
-    inference and never change the weights (the local oracle). `reflection run` makes one
-    oracle client per shard and stage; without this, each would load the model again."""
-    key = (resolve_model(name_or_path, artifacts), dtype)
+def shared_causal_lm(name_or_path: str, artifacts: str | Path, dtype: str = "float32", device: str = "cpu"):
+    """(model, tokenizer) loaded once per process and kept, on `device`: for callers that
+    only run inference and never change the weights (the local oracle, the scoring
+    student). `reflection run` makes one oracle client and one scorer per shard and stage;
+    without this, each would load the model again."""
+    key = (resolve_model(name_or_path, artifacts), dtype, device)
     with _shared_lock:
         if key not in _shared:
-            _shared[key] = load_causal_lm(name_or_path, artifacts, dtype)
+            model, tokenizer = load_causal_lm(name_or_path, artifacts, dtype)
+            _shared[key] = (model.to(device) if device != "cpu" else model), tokenizer
         return _shared[key]
+
+
+def shared_tokenizer(name_or_path: str, artifacts: str | Path):
+    """A tokenizer loaded once per process and kept, for callers that never change it (the
+    scoring student: one scorer per shard and run, a second's load each)."""
+    key = (resolve_model(name_or_path, artifacts), "tokenizer", "")
+    with _shared_lock:
+        if key not in _shared:
+            _shared[key] = (None, load_tokenizer(name_or_path, artifacts))
+        return _shared[key][1]
 
 
 def model_identity(name_or_path: str, artifacts: str | Path) -> str:
