@@ -2,17 +2,39 @@
 
 import json
 
+import dagster as dg
 import datasets
 import pytest
 
 from reflection_assets.cli import main
-from tests.integration.test_reflection_assets import ALL, ROWS, oracle, run, tagged  # noqa: F401
+from tests.conftest import write_json
+from tests.fakes.openai_server import FakeOpenAI
+from tests.fakes.reflection_oracle import plan, respond
+from tests.integration.test_raw_dataset import register
+from tests.integration.test_reflection_assets import ROWS, run, tagged  # noqa: F401
 
 
-@pytest.fixture
-def recycled(tagged, oracle):  # noqa: F811
-    run(tagged)
-    return tagged
+@pytest.fixture(scope="module")
+def recycled(tmp_path_factory):
+    """One dataset recycled through Dagster against the scripted oracle, which every test
+    here only reads (exports go to each test's own folder): its DAGSTER_HOME."""
+    from reflection_assets.dagster_instance import write_instance_config
+
+    folder = tmp_path_factory.mktemp("recycled")
+    home = folder / "dagster_home"
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("DAGSTER_PG_URL", "REFLECTION_DUCKDB", "REFLECTION_ARTIFACTS"):
+            patch.delenv(name, raising=False)
+        write_instance_config(home)
+        patch.setenv("DAGSTER_HOME", str(home))
+        with FakeOpenAI(responder=respond, plan=plan) as server, dg.instance_for_test(temp_dir=str(home)) as instance:
+            patch.setenv("REFLECTION_ORACLE_BACKEND", "openai")
+            patch.setenv("REFLECTION_ORACLE_MODEL", "gpt-4o-mini")
+            patch.setenv("REFLECTION_ORACLE_BASE_URL", server.base_url)
+            patch.setenv("REFLECTION_ORACLE_API_KEY", "sk-test-reflection-key")
+            register(instance, "tagged", write_json(folder / "tagged.json", ROWS))
+            run(instance)
+        yield home
 
 
 @pytest.mark.parametrize(("fmt", "suffix", "loader"), [
@@ -82,10 +104,10 @@ def test_export_before_recycling_says_what_to_run(tagged, tmp_path, capsys):  # 
     assert not (tmp_path / "x.jsonl").exists()
 
 
-def test_lineage_prints_the_chain_of_one_record(recycled, home, capsys):
+def test_lineage_prints_the_chain_of_one_record(recycled, capsys):
     import duckdb
 
-    with duckdb.connect(str(home / "reflection.duckdb")) as con:
+    with duckdb.connect(str(recycled / "reflection.duckdb")) as con:
         [(record_id, key)] = con.execute(
             "SELECT i.record_id, i.repair_key FROM reflect.instructions i JOIN raw.records r USING (dataset, record_id) "
             "WHERE r.instruction = 'Name a fruit #fixable'"
