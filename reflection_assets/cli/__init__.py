@@ -80,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--config",
         help="YAML file of asset settings, e.g. {recycled_dataset: {mode: instruction}}",
     )
+    run.add_argument(
+        "--per-shard", action="store_true",
+        help="every shard in one run of all its stages, each stage asking the oracle from its own run "
+        "(default with the embedded model or batch mode: stage by stage, the whole dataset's requests "
+        "sent ahead together)",
+    )
     run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     run.set_defaults(func=cmd_run)
 

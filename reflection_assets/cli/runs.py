@@ -153,18 +153,28 @@ def cmd_recover(args: argparse.Namespace) -> int:
     return 0
 
 
-def _record_groups(record_keys):
+def _sends_ahead(settings) -> bool:
+    """Whether a reflection stage's requests for every shard go to the oracle together,
+    before its shards are materialized: in batch mode (one batch per wave for the whole
+    dataset), and with the embedded model, whose throughput grows with its generation batch
+    (measured in benchmarks/local_batch.py: 1.4x from batch 8 to 16, 1.6x to 32) while one
+    shard of a small dataset holds a few records. An endpoint serves shards one after the
+    other at its own concurrency."""
+    return settings.mode == "batch" or settings.backend == "local"
+
+
+def _record_groups(record_keys, per_shard: bool = False):
     """The record-level assets as `reflection run` materializes them: all of them per shard,
-    in one run each; in batch mode, level by level, each reflection stage after what it
-    reads, its oracle requests for the whole dataset sent ahead in batches first (the stage
-    it opens is the second element)."""
+    in one run each; when the oracle's requests are sent ahead (_sends_ahead), level by
+    level, each reflection stage after what it reads, its oracle requests for the whole
+    dataset sent ahead first (the stage it opens is the second element)."""
     from reflection_assets.assets.resources import OracleResource
     from reflection_assets.definitions import RECORD_ASSETS
     from reflection_assets.engines.batch_files import EXPORT_STAGES
 
     if not record_keys:
         return []
-    if OracleResource().settings().mode != "batch":
+    if per_shard or not _sends_ahead(OracleResource().settings()):
         return [(record_keys, None)]
     groups: list[tuple[list, str | None]] = [([], None)]
     for asset in RECORD_ASSETS:
@@ -200,13 +210,15 @@ def _send_ahead(instance, dataset: str, stage: str, shards, asset_config: dict) 
         log.setLevel(logging.INFO)
         log.propagate = False
     numbers = [int(s) for s in (shards or SHARDS.get_partition_keys())]
-    print(f"batch mode: sending ahead what {stage} needs for {len(numbers)} shard(s) of {dataset}", file=sys.stderr)
+    how = "batch mode" if settings.mode == "batch" else "embedded oracle"
+    print(f"{how}: sending ahead what {stage} needs for {len(numbers)} shard(s) of {dataset}"
+          + (", in batches across shards" if settings.backend == "local" else ""), file=sys.stderr)
 
     def make_client(cls):
         return resource.client(storage, log, served, BatchScope("oracle", dataset, stage, None), client_class=cls)
 
     asked = send_ahead(make_client, storage.db(), dataset, numbers, stage, repair, config.get("also_original", True))
-    print(f"batch mode: {asked} requests of {stage} answered ahead; materializing its shards", file=sys.stderr)
+    print(f"{how}: {asked} requests of {stage} answered ahead; materializing its shards", file=sys.stderr)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -236,7 +248,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     outcomes = []
     stopped = None
     for spec in specs:
-        for group, stage in _record_groups(record_keys):
+        for group, stage in _record_groups(record_keys, args.per_shard):
             if stage is not None:
                 try:
                     _send_ahead(instance, spec.name, stage, args.shard, asset_config or {})

@@ -8,11 +8,9 @@ import duckdb
 import pytest
 
 from reflection_assets.assets.resources import JudgeResource, OracleResource, StorageResource
-from reflection_assets.definitions import JOB_FOR_PARTITIONS, RECORD_PARTITIONS, defs
 from reflection_assets.engines.models import CONVERSION_VERSION, EMBEDDED_NAME
 from reflection_assets.engines.judge import judge_all
 from reflection_assets.engines.testsets import TestPrompt
-from reflection_assets.runner import run_record_partitions
 from tests.conftest import REPO, write_json
 from tests.integration.test_reflection_assets import ALL
 from tests.integration.test_raw_dataset import register
@@ -51,7 +49,7 @@ def test_resources_build_clients_from_the_environment(home, monkeypatch):
     assert type(client.backend).__name__ == "OpenAIBackend"
 
 
-def test_the_embedded_defaults_recycle_and_judge(home, instance, tmp_path, shared_artifacts, monkeypatch):
+def test_the_embedded_defaults_recycle_and_judge(home, instance, tmp_path, shared_artifacts, monkeypatch, capsys):
     """No oracle settings at all: the local backend, its compact prompts, a dozen real sample
     records through every record-level stage. Most pairs are replaced in each phase (not a
     quality claim: the point is that parsed text comes back), and the local judge gives every
@@ -59,8 +57,16 @@ def test_the_embedded_defaults_recycle_and_judge(home, instance, tmp_path, share
     monkeypatch.setenv("REFLECTION_ARTIFACTS", str(shared_artifacts))
     sample = json.loads((REPO / "reflection_assets" / "data" / "sample_alpaca.json").read_text())[:12]
     register(instance, "smol", write_json(tmp_path / "smol.json", sample))
-    outcomes = run_record_partitions(instance, defs, JOB_FOR_PARTITIONS[RECORD_PARTITIONS], ALL, "smol", None, "WARNING")
-    assert all(o.success for o in outcomes), [o.error for o in outcomes]
+    # As `reflection run` does it: stage by stage, each reflection stage's requests for the
+    # four shards sent ahead together (the embedded model batches across shards).
+    from reflection_assets.cli import main
+
+    capsys.readouterr()
+    assert main(["run", "--dataset", "smol", "--select", ",".join(k.to_user_string() for k in ALL),
+                 "--log-level", "WARNING"]) == 0
+    printed = capsys.readouterr()
+    assert "12 of 12 runs succeeded" in printed.out  # 4 shards x 3 groups: raw, phase 1, phase 2 on
+    assert "embedded oracle: sending ahead what reflected_instructions needs for 4 shard(s)" in printed.err
     with duckdb.connect(str(home / "reflection.duckdb"), read_only=True) as con:
         phase1 = Counter(dict(con.execute("SELECT outcome, count(*) FROM reflect.instructions GROUP BY 1").fetchall()))
         phase2 = Counter(dict(con.execute("SELECT outcome, count(*) FROM reflect.responses GROUP BY 1").fetchall()))
