@@ -64,6 +64,7 @@ bench: setup
 	$(BIN)/python benchmarks/crash_rebuy.py
 	$(BIN)/python benchmarks/batch_waits.py
 	$(BIN)/python benchmarks/local_generation.py
+	$(BIN)/python benchmarks/local_batch.py
 	$(BIN)/python benchmarks/demo_stages.py
 
 clean:

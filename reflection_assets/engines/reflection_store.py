@@ -35,7 +35,7 @@ def raw_pairs(db: Database, dataset: str, shard: int) -> list[Record]:
 
 
 def phase1_pairs(db: Database, dataset: str, shard: int) -> list[Record]:
-    """What reflected_instructions reflects: the shard's raw pairs. None is fine when
+    """What reflected_instructions reflects: the shard's raw pairs. No pair is fine when
     raw_dataset ran on an empty shard; an error when it never ran on this shard."""
     pairs = raw_pairs(db, dataset, shard)
     if not pairs:
