@@ -20,6 +20,7 @@ CONVERSION_VERSION = "v2"  # bumped when the converted folder changes, so it is 
 
 _convert_lock = threading.Lock()
 _shared: dict[tuple[str, str, str], tuple[object, object]] = {}
+_tokenizers: dict[str, object] = {}
 _shared_lock = threading.Lock()
 
 
@@ -138,11 +139,11 @@ def shared_causal_lm(name_or_path: str, artifacts: str | Path, dtype: str = "flo
 def shared_tokenizer(name_or_path: str, artifacts: str | Path):
     """A tokenizer loaded once per process and kept, for callers that never change it (the
     scoring student: one scorer per shard and run, a second's load each)."""
-    key = (resolve_model(name_or_path, artifacts), "tokenizer", "")
+    key = resolve_model(name_or_path, artifacts)
     with _shared_lock:
-        if key not in _shared:
-            _shared[key] = (None, load_tokenizer(name_or_path, artifacts))
-        return _shared[key][1]
+        if key not in _tokenizers:
+            _tokenizers[key] = load_tokenizer(name_or_path, artifacts)
+        return _tokenizers[key]
 
 
 def model_identity(name_or_path: str, artifacts: str | Path) -> str:
