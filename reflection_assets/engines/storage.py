@@ -1,12 +1,20 @@
 """The one DuckDB database: connections, schema set-up from sql/*.sql, transactions.
 
-DuckDB allows one writing process per file. Connections here are short-lived (open, work,
-close) and wait for a lock held by another process instead of failing at once, so the CLI,
-runs launched from the UI and tests can share the file; Dagster's `duckdb` pool keeps
-writers from queueing up behind each other in the first place."""
+DuckDB allows one writing process per file. The store is therefore held for reads and
+writes, not for the work between them: a connection here is short-lived (open, read or
+write, close), and while it is open its process holds an exclusive lock beside the database
+(`<database>.lock`, POSIX byte-range locks: see _StoreLock). Other processes queue on that
+lock (polling every 1 to 20 ms) instead of failing on DuckDB's own lock, so run workers,
+`reflection run`, the daemon and the CLI's readers share the file without a Dagster pool;
+the threads of one process share their process's hold. Nothing here is held while a step
+waits on the network, trains, generates or scores: see benchmarks/store_write.py for what a
+write costs on a large store."""
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import os
 import random
 import threading
 import time
@@ -37,6 +45,94 @@ def sql_files() -> list[Traversable]:
     if not files:
         raise StorageError(f"{folder}: no .sql files; the package was installed without its sql/ folder")
     return files
+
+
+class _StoreLock:
+    """This process's hold on the store: taken by the first connection a thread of the
+    process opens and given back when the last one closes.
+
+    Two byte-range locks of `<database>.lock`: byte 1 is the store; byte 0 is the turn, held
+    by whoever waits for the store next. A process that lets the store go and wants it again
+    at once must first wait for the turn, so a reader is not starved by a writer in a loop.
+    The holder writes its pid into the file, so a wait that runs out can say who held it."""
+
+    STORE, TURN = 1, 0
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.guard = threading.Lock()
+        self.count = 0
+        self.fd: int | None = None
+
+    def acquire(self, timeout_s: float, database: Path) -> None:
+        global _waited_s
+        asked = time.monotonic()
+        with self.guard:
+            if self.count == 0:
+                self.fd = self._take(timeout_s, database)
+            self.count += 1
+            _waited_s += time.monotonic() - asked
+
+    def _take(self, timeout_s: float, database: Path) -> int:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        deadline = time.monotonic() + timeout_s
+        try:
+            self._wait(fd, self.TURN, deadline, timeout_s, database)
+            try:
+                self._wait(fd, self.STORE, deadline, timeout_s, database)
+            finally:
+                fcntl.lockf(fd, fcntl.LOCK_UN, 1, self.TURN)
+        except BaseException:
+            os.close(fd)
+            raise
+        os.pwrite(fd, f"{os.getpid():<12d}".encode(), 16)
+        return fd
+
+    def _wait(self, fd: int, byte: int, deadline: float, timeout_s: float, database: Path) -> None:
+        delay = 0.001
+        while True:
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, byte)
+                return
+            except OSError:  # EAGAIN or EACCES: another process has it
+                if time.monotonic() >= deadline:
+                    holder = os.pread(fd, 12, 16).decode(errors="replace").strip() or "?"
+                    raise StorageError(
+                        f"{database}: held by process {holder} for over {timeout_s:.0f} s "
+                        f"(its lock: {self.path}); a read or write takes milliseconds, so that "
+                        "process is stuck: stop it"
+                    ) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.02)
+
+    def release(self) -> None:
+        with self.guard:
+            self.count -= 1
+            if self.count == 0 and self.fd is not None:
+                fcntl.lockf(self.fd, fcntl.LOCK_UN, 1, self.STORE)
+                os.close(self.fd)
+                self.fd = None
+
+
+_waited_s = 0.0  # how long this process's connections waited for the store, in all
+
+
+def store_wait_s() -> float:
+    """Seconds this process has waited for the store (another process held it), in all."""
+    return _waited_s
+
+
+_store_locks: dict[str, _StoreLock] = {}
+_store_locks_guard = threading.Lock()
+
+
+def store_lock(database: Path) -> _StoreLock:
+    """The one lock object of this process for `database`."""
+    key = str(database.resolve())
+    with _store_locks_guard:
+        if key not in _store_locks:
+            _store_locks[key] = _StoreLock(Path(key + ".lock"))
+        return _store_locks[key]
 
 
 def _is_lock_conflict(exc: duckdb.Error) -> bool:
@@ -73,11 +169,24 @@ class Database:
         with _schema_lock:
             if key in _schema_applied:
                 return
-            for file in sql_files():
-                try:
-                    con.execute(file.read_text())
-                except duckdb.Error as exc:
-                    raise StorageError(f"{file.name} (the package's sql/): failed to apply ({exc})") from None
+            files = [(file.name, file.read_text()) for file in sql_files()]
+            digest = hashlib.sha256("\0".join(f"{name}\0{text}" for name, text in files).encode()).hexdigest()
+            try:
+                current = con.execute("SELECT max(sql_sha256) FROM registry.schema_applied").fetchone()[0]
+            except duckdb.CatalogException:  # a new store, or one made before this table
+                current = None
+            if current != digest:
+                for name, text in files:
+                    try:
+                        con.execute(text)
+                    except duckdb.Error as exc:
+                        raise StorageError(f"{name} (the package's sql/): failed to apply ({exc})") from None
+                con.execute("DELETE FROM registry.schema_applied")
+                con.execute("INSERT INTO registry.schema_applied (sql_sha256) VALUES (?)", [digest])
+                # DuckDB 1.5 cannot replay an ALTER TABLE from the WAL in a read-only open
+                # ("Calling DatabaseManager::GetDefaultDatabase with no default database
+                # set"), and closing no longer checkpoints (see connect): checkpoint now.
+                con.execute("CHECKPOINT")
             _schema_applied.add(key)
 
     @contextmanager
@@ -85,13 +194,23 @@ class Database:
         if read_only and not self.path.exists():
             raise StorageError(f"{self.path}: no database yet; register a dataset first")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        con = self._open(read_only)
+        lock = store_lock(self.path)
+        lock.acquire(self.lock_timeout_s, self.path)
         try:
-            if not read_only:
-                self._ensure_schema(con)
-            yield con
+            con = self._open(read_only)
+            try:
+                if not read_only:
+                    # Closing does not checkpoint: on a large store a checkpoint rewrites the
+                    # primary-key indexes (1.5 s on a 0.8 GB store), which would sit on every
+                    # write. The WAL is replayed on the next open (tens of ms per MB) and
+                    # checkpointed when it passes checkpoint_threshold (16 MiB by default).
+                    con.execute("PRAGMA disable_checkpoint_on_shutdown")
+                    self._ensure_schema(con)
+                yield con
+            finally:
+                con.close()
         finally:
-            con.close()
+            lock.release()
 
     @contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:

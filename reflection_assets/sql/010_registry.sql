@@ -18,3 +18,10 @@ CREATE TABLE IF NOT EXISTS registry.testsets (
     added_at    TIMESTAMP NOT NULL DEFAULT current_timestamp,
     updated_at  TIMESTAMP NOT NULL DEFAULT current_timestamp
 );
+
+-- Which schema this store has: the sha256 of the package's sql/ files last applied to it. A
+-- process applies them (then checkpoints, so the WAL never holds DDL) only when it differs.
+CREATE TABLE IF NOT EXISTS registry.schema_applied (
+    sql_sha256  VARCHAR NOT NULL,
+    applied_at  TIMESTAMP NOT NULL DEFAULT current_timestamp
+);

@@ -1,0 +1,120 @@
+"""The store's lock (engines/storage.py), between real processes: a read or write waits for
+another process's and then goes on; a wait that runs out names the holder; a writer in a
+loop lets a reader in; the threads of one process share its hold; a store written here
+opens read-only in another process (no DDL left in the write-ahead log)."""
+
+import multiprocessing
+import threading
+import time
+
+import duckdb
+import pytest
+
+from reflection_assets.engines import storage
+from reflection_assets.engines.storage import Database, StorageError
+
+SPAWN = multiprocessing.get_context("spawn")
+
+
+def hold(path: str, seconds: float, ready) -> None:
+    with Database(path).connect() as con:
+        con.execute("SELECT 1")
+        ready.set()
+        time.sleep(seconds)
+
+
+def write_in_a_loop(path: str, seconds: float, ready) -> None:
+    db = Database(path)
+    end, n = time.monotonic() + seconds, 0
+    ready.set()
+    while time.monotonic() < end:
+        with db.transaction() as con:
+            con.execute("INSERT INTO registry.testsets (name, source) VALUES (?, 'bundled:x')", [f"t{n}"])
+        n += 1
+
+
+def read_only(path: str, out) -> None:
+    with duckdb.connect(path, read_only=True) as con:
+        out.put(con.execute("SELECT count(*) FROM registry.testsets").fetchone()[0])
+
+
+@pytest.fixture
+def store(tmp_path):
+    path = tmp_path / "store.duckdb"
+    with Database(path).connect() as con:
+        con.execute("SELECT 1")
+    return path
+
+
+def start(target, *args):
+    ready = SPAWN.Event()
+    process = SPAWN.Process(target=target, args=(*args, ready))
+    process.start()
+    assert ready.wait(60)
+    return process
+
+
+def test_a_write_waits_for_another_process_and_goes_on(store):
+    holder = start(hold, str(store), 1.5)
+    waited = storage.store_wait_s()
+    asked = time.monotonic()
+    with Database(store).transaction() as con:
+        con.execute("INSERT INTO registry.testsets (name, source) VALUES ('after', 'bundled:x')")
+    took = time.monotonic() - asked
+    holder.join(30)
+    assert 0.8 < took < 10, took
+    assert storage.store_wait_s() - waited > 0.8
+
+
+def test_a_wait_that_runs_out_names_the_holder(store):
+    holder = start(hold, str(store), 5)
+    try:
+        with pytest.raises(StorageError, match=rf"held by process {holder.pid} for over 1 s.*stuck: stop it"):
+            with Database(store, lock_timeout_s=0.6).connect():
+                pass
+    finally:
+        holder.join(30)
+
+
+def test_a_writer_in_a_loop_lets_a_reader_in(store):
+    writer = start(write_in_a_loop, str(store), 6)
+    try:
+        waits = []
+        for _ in range(8):
+            asked = time.monotonic()
+            with Database(store).connect(read_only=True) as con:
+                con.execute("SELECT count(*) FROM registry.testsets").fetchone()
+            waits.append(time.monotonic() - asked)
+            time.sleep(0.2)
+        assert writer.is_alive()  # the reads happened while it wrote
+    finally:
+        writer.join(30)
+    assert max(waits) < 2.0, waits
+
+
+def test_the_threads_of_one_process_share_its_hold(store):
+    db = Database(store)
+    inner_done = threading.Event()
+
+    def inner():
+        with db.connect() as con:
+            con.execute("SELECT 1")
+        inner_done.set()
+
+    with db.connect() as con:
+        con.execute("SELECT 1")
+        thread = threading.Thread(target=inner)
+        thread.start()
+        assert inner_done.wait(10), "a second thread of the holding process waited for its own process"
+    thread.join()
+
+
+def test_a_store_written_here_opens_read_only_in_another_process(store):
+    with Database(store).transaction() as con:
+        con.execute("INSERT INTO registry.testsets (name, source) VALUES ('one', 'bundled:x')")
+    out = SPAWN.Queue()
+    reader = SPAWN.Process(target=read_only, args=(str(store), out))
+    reader.start()
+    assert out.get(timeout=60) == 1
+    reader.join(30)
+    assert reader.exitcode == 0
