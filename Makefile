@@ -66,6 +66,8 @@ bench: setup
 	$(BIN)/python benchmarks/local_generation.py
 	$(BIN)/python benchmarks/local_batch.py
 	$(BIN)/python benchmarks/demo_stages.py
+	$(BIN)/python benchmarks/store_write.py
+	$(BIN)/python benchmarks/daemon_backfill.py
 
 clean:
 	rm -rf $(VENV) dagster_home/storage dagster_home/history dagster_home/schedules \

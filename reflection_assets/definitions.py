@@ -17,7 +17,7 @@ from reflection_assets.assets.selection import StudentResource, selective_datase
 from reflection_assets.dagster_private import install_pool_wait
 from reflection_assets.engines.settings import pool_report_s
 
-# Waiting for the duckdb pool sleeps, reports who holds it and stops on SIGTERM / Ctrl-C.
+# Waiting for a pool slot (the `gpu` pool) sleeps, reports who holds it and stops on SIGTERM / Ctrl-C.
 install_pool_wait(report_s=pool_report_s())
 
 # Steps run in the run's own process: every step that writes DuckDB is in the one-slot pool

@@ -14,7 +14,7 @@ from reflection_assets.assets.partitions import DATASETS
 from reflection_assets.assets.raw import raw_dataset
 from reflection_assets.assets.reflection import recycled_dataset
 from reflection_assets.assets.selection import selective_dataset
-from reflection_assets.assets.resources import DUCKDB_POOL, OWNER, StorageResource
+from reflection_assets.assets.resources import OWNER, StorageResource, step_pool
 from reflection_assets.engines.adapters import CLEAR_CURRENT, Adapter, has_training_rows, train_or_reuse
 from reflection_assets.engines.models import model_identity
 from reflection_assets.engines.student import TrainConfig
@@ -119,7 +119,7 @@ def _adapter_asset(name: str, upstream: dg.AssetsDefinition, variant: str, descr
         partitions_def=DATASETS,
         deps=[dg.AssetDep(upstream, partition_mapping=ALL_SHARDS_OF_DATASET)],
         automation_condition=STALE_ONLY,
-        pool=DUCKDB_POOL,
+        pool=step_pool(runs_model=True),
         group_name="training",
         kinds={"pytorch", "duckdb"},
         owners=[OWNER],

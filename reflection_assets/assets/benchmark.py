@@ -15,7 +15,7 @@ from reflection_assets.assets.metadata import markdown_table, png_markdown
 from reflection_assets.assets.oracles import judge as judge_source
 from reflection_assets.assets.oracles import llm_client
 from reflection_assets.assets.partitions import DATASETS
-from reflection_assets.assets.resources import DUCKDB_POOL, OWNER, JudgeResource, StorageResource
+from reflection_assets.assets.resources import OWNER, JudgeResource, StorageResource, step_pool
 from reflection_assets.engines.answers import GenerationSettings
 from reflection_assets.engines.benchmark import plot_scores, run_benchmark
 from reflection_assets.engines.reflection_store import judge_served_by
@@ -61,7 +61,7 @@ def _score_table(scores: pl.DataFrame) -> pl.DataFrame:
     partitions_def=DATASETS,
     deps=[baseline_adapter, recycled_adapter, selective_adapter, judge_source],
     automation_condition=STALE_ONLY,
-    pool=DUCKDB_POOL,
+    pool=step_pool(runs_model=True),
     group_name="evaluation",
     kinds={"pytorch", "duckdb"},
     owners=[OWNER],

@@ -13,7 +13,7 @@ from reflection_assets.assets.oracles import llm_client
 from reflection_assets.assets.oracles import oracle as oracle_source
 from reflection_assets.assets.partitions import RECORD_PARTITIONS, dataset_and_shard
 from reflection_assets.assets.raw import raw_dataset
-from reflection_assets.assets.resources import DUCKDB_POOL, OWNER, OracleResource, StorageResource
+from reflection_assets.assets.resources import OWNER, OracleResource, StorageResource, oracle_pool, step_pool
 from reflection_assets.engines.oracle.client import OracleClient
 from reflection_assets.engines.reflection import PhaseResult, prompt_version, reflect_instructions, reflect_responses, repair_calls
 from reflection_assets.engines.reflection_store import (
@@ -136,7 +136,7 @@ def _oracle_stage(name: str, upstream: dg.AssetsDefinition) -> dict:
         partitions_def=RECORD_PARTITIONS,
         deps=[upstream, oracle_source],
         automation_condition=STALE_ONLY,
-        pool=DUCKDB_POOL,
+        pool=oracle_pool(),
         group_name="reflection",
         kinds={"duckdb", "openai"},
         owners=[OWNER],
@@ -215,9 +215,9 @@ def reflected_responses(
 
 @dg.asset(
     partitions_def=RECORD_PARTITIONS,
+    pool=step_pool(runs_model=False),
     deps=[reflected_responses],
     automation_condition=STALE_ONLY,
-    pool=DUCKDB_POOL,
     group_name="reflection",
     kinds={"duckdb"},
     owners=[OWNER],

@@ -26,17 +26,37 @@ from reflection_assets.engines.settings import default_artifacts, default_databa
 from reflection_assets.engines.storage import Database
 from reflection_assets.method.served import ServedIdentity
 
-# Every asset that writes the DuckDB file runs in this pool; the instance's dagster.yaml
-# limits pools to one step at a time, matching DuckDB's single writer.
-DUCKDB_POOL = "duckdb"
+# What is really scarce: the steps that run a model (training, answering, scoring, the
+# embedded oracle) take a slot of this pool, whose limit is the number of devices (1 by the
+# instance's default_limit: two local models never fight over the same cores or GPU). The
+# store needs no pool: engines/storage.py holds it only while a step reads or writes.
+GPU_POOL = "gpu"
 OWNER = "team:data-recycling"
+
+
+def step_pool(runs_model: bool, environ: Optional[Mapping[str, str]] = None) -> Optional[str]:
+    """An asset's pool, as the code location loads: `gpu` for a step that runs a model, none
+    for the others. REFLECTION_STORE_POOL=NAME puts every asset in pool NAME instead, so that
+    a step holds the store for its whole duration (as before 2026-12): for a store on a file
+    system whose locks do not reach between processes (README "Many processes, one store")."""
+    environ = os.environ if environ is None else environ
+    return environ.get("REFLECTION_STORE_POOL") or (GPU_POOL if runs_model else None)
+
+
+def oracle_pool(environ: Optional[Mapping[str, str]] = None) -> Optional[str]:
+    """The pool of a stage that calls the oracle: `gpu` when the oracle is the embedded model
+    (REFLECTION_ORACLE_BACKEND unset or `local`, as the code location loads), none for an
+    endpoint, whose limits are the client's (concurrency, RPM, TPM)."""
+    environ = os.environ if environ is None else environ
+    return step_pool((environ.get(ORACLE_PREFIX + "BACKEND") or "local") == "local", environ)
 
 
 class StorageResource(DuckDBResource):
     """The DuckDB database and the folder for model artifacts: dagster-duckdb's DuckDBResource
     (`database`, `connection_config`, `get_connection()`), plus what this project needs of
-    it: the schema set up from the package's SQL on first connection, read-only access, and
-    waiting out another process's write lock (up to `lock_timeout_s`) with a clear error.
+    it: the schema set up from the package's SQL when it changed, read-only access, and
+    queueing on the store's lock for each read or write (up to `lock_timeout_s`, then a clear
+    error naming the holder): engines/storage.py.
 
     Left empty, `database` and `artifacts` come from REFLECTION_DUCKDB / REFLECTION_ARTIFACTS
     or sit under $DAGSTER_HOME, read when used, so the CLI, the UI and the tests agree."""
@@ -51,7 +71,7 @@ class StorageResource(DuckDBResource):
         "or $DAGSTER_HOME/artifacts.",
     )
     lock_timeout_s: float = Field(
-        default=300.0, description="How long to wait for another process's write lock on the file."
+        default=300.0, description="How long one read or write waits for the store's lock held by another process."
     )
 
     @classmethod

@@ -17,7 +17,7 @@ from reflection_assets.assets.failures import user_errors_fail_the_step
 from reflection_assets.assets.metadata import markdown_table, png_markdown
 from reflection_assets.assets.partitions import RECORD_PARTITIONS, dataset_and_shard
 from reflection_assets.assets.reflection import reflected_responses
-from reflection_assets.assets.resources import DUCKDB_POOL, OWNER, StorageResource, env_var_values, resource_field
+from reflection_assets.assets.resources import OWNER, StorageResource, env_var_values, resource_field, step_pool
 from reflection_assets.engines.ifd import STUDENT_PREFIX, ScoringError, StudentScorer, StudentSettings
 from reflection_assets.engines.oracle.settings import env_settings, read_settings
 from reflection_assets.engines.selection_store import score_distribution, score_shard, select_shard
@@ -109,7 +109,7 @@ def _histogram(frame: pl.DataFrame, path: Path) -> None:
     partitions_def=RECORD_PARTITIONS,
     deps=[reflected_responses, student],
     automation_condition=STALE_ONLY,
-    pool=DUCKDB_POOL,
+    pool=step_pool(runs_model=True),
     group_name="selection",
     kinds={"pytorch", "duckdb"},
     owners=[OWNER],
@@ -161,9 +161,9 @@ class SelectionConfig(dg.Config):
 
 @dg.asset(
     partitions_def=RECORD_PARTITIONS,
+    pool=step_pool(runs_model=False),
     deps=[student_scores],
     automation_condition=STALE_ONLY,
-    pool=DUCKDB_POOL,
     group_name="selection",
     kinds={"duckdb"},
     owners=[OWNER],

@@ -55,8 +55,7 @@ def send_ahead(
     """Batch mode for every shard of a stage at once: what the stage needs is submitted in
     batches and waited for, wave by wave (a follow-up is asked once the reply it follows is
     in), until the stage needs nothing new; its materializations then find every reply in
-    the cache. One wait per wave for the whole dataset, instead of one per shard; and no
-    shard holds the DuckDB pool while the batches run. Returns the requests asked; raises
+    the cache. One wait per wave for the whole dataset, instead of one per shard. Returns the requests asked; raises
     BatchesCancelled when `reflection batch cancel` stopped them."""
     asked: set[str] = set()
     while True:

@@ -1,8 +1,8 @@
 """The deployment shape a team runs: the Dagster instance in a real PostgreSQL server
 (DAGSTER_PG_URL), `dagster-daemon` and `dagster-webserver` as separate processes against it,
 a backfill of every shard of a dataset launched through the webserver's GraphQL API. All
-runs succeed, the `duckdb` pool keeps DuckDB to one writer (every row there, no lock
-errors), and the automation sensor ticks.
+runs succeed side by side, their writes serialized on the store's lock (every row there, no
+lock errors), and the automation sensor ticks.
 
 PostgreSQL is Debian's package (`make test` installs it when missing), started in a
 temporary folder on a free port on 127.0.0.1 and stopped afterwards."""
@@ -20,7 +20,7 @@ import duckdb
 import pytest
 
 from tests.conftest import alpaca_rows, write_json
-from tests.e2e.dagster_dev import BIN, REPO, free_port, graphql, stop_group
+from tests.e2e.dagster_dev import BIN, REPO, backfill_runs, free_port, graphql, launch_backfill, stop_group
 from tests.fakes import reflection_oracle
 from tests.fakes.openai_server import FakeOpenAI
 
@@ -62,17 +62,6 @@ def _start(command: list[str], env: dict, log: Path) -> subprocess.Popen:
                             start_new_session=True)
 
 
-BACKFILL = """
-mutation Backfill($params: LaunchBackfillParams!) {
-  launchPartitionBackfill(backfillParams: $params) {
-    __typename
-    ... on LaunchBackfillSuccess { backfillId }
-    ... on PythonError { message }
-    ... on UnauthorizedError { message }
-  }
-}
-"""
-RUNS = "{ runsOrError { ... on Runs { results { runId status tags { key value } } } } }"
 SENSOR_TICKS = (
     "{ repositoriesOrError { ... on RepositoryConnection { nodes { sensors { name "
     "sensorState { status ticks(limit: 10) { status error { message } } } } } } } }"
@@ -117,21 +106,15 @@ def test_a_backfill_through_the_webserver_with_the_instance_in_postgresql(postgr
                 assert time.monotonic() < deadline, "the webserver did not serve the asset graph in 180 s"
                 time.sleep(1)
             shards = [f"d|{i:02d}" for i in range(4)]
-            launched = graphql(port, BACKFILL, {"params": {
-                "partitionNames": shards,
-                "assetSelection": [{"path": ["raw_dataset"]}, {"path": ["reflected_instructions"]}],
-                "fromFailure": False,
-            }})["data"]["launchPartitionBackfill"]
-            assert launched["__typename"] == "LaunchBackfillSuccess", launched
+            backfill_id = launch_backfill(port, shards, ["raw_dataset", "reflected_instructions"])
 
             deadline = time.monotonic() + 420
             while True:
-                runs = graphql(port, RUNS)["data"]["runsOrError"]["results"]
-                backfill_runs = [r for r in runs if {"key": "dagster/backfill", "value": launched["backfillId"]} in r["tags"]]
-                done = [r for r in backfill_runs if r["status"] in ("SUCCESS", "FAILURE", "CANCELED")]
-                if len(backfill_runs) == len(shards) and len(done) == len(shards):
+                runs = backfill_runs(port, backfill_id)
+                done = [r for r in runs if r["status"] in ("SUCCESS", "FAILURE", "CANCELED")]
+                if len(runs) == len(shards) and len(done) == len(shards):
                     break
-                assert time.monotonic() < deadline, f"the backfill did not finish in 420 s: {backfill_runs}"
+                assert time.monotonic() < deadline, f"the backfill did not finish in 420 s: {runs}"
                 time.sleep(3)
             ticks = []
             deadline = time.monotonic() + 120
@@ -145,7 +128,7 @@ def test_a_backfill_through_the_webserver_with_the_instance_in_postgresql(postgr
             stop_group(web)
             stop_group(daemon)
 
-    assert sorted(r["status"] for r in backfill_runs) == ["SUCCESS"] * len(shards), backfill_runs
+    assert sorted(r["status"] for r in runs) == ["SUCCESS"] * len(shards), runs
     assert not [t for t in ticks if t["status"] == "FAILURE"], ticks
     with duckdb.connect(str(home / "reflection.duckdb"), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM raw.records").fetchone()[0] == RECORDS
@@ -158,14 +141,17 @@ def test_a_backfill_through_the_webserver_with_the_instance_in_postgresql(postgr
     try:
         instance = dg.DagsterInstance.from_config(str(home))
         assert "Postgres" in type(instance.run_storage).__name__
-        assert len(instance.get_runs(filters=dg.RunsFilter(tags={"dagster/backfill": launched["backfillId"]}))) == len(shards)
-        # One writer at a time: the steps of the runs never overlapped in time.
+        assert len(instance.get_runs(filters=dg.RunsFilter(tags={"dagster/backfill": backfill_id}))) == len(shards)
+        # No pool around the store: the runs' steps were free to overlap (the daemon runs three
+        # at a time); how many did depends on how fast each started.
         windows = sorted(
             (stat.start_time, stat.end_time)
-            for run in instance.get_runs(filters=dg.RunsFilter(tags={"dagster/backfill": launched["backfillId"]}))
+            for run in instance.get_runs(filters=dg.RunsFilter(tags={"dagster/backfill": backfill_id}))
             for stat in instance.get_run_step_stats(run.run_id)
         )
-        assert all(end <= next_start + 0.5 for (_, end), (next_start, _) in zip(windows, windows[1:])), windows
+        overlapping = sum(next_start < end for (_, end), (next_start, _) in zip(windows, windows[1:]))
+        print(f"\n{overlapping} of {len(windows) - 1} consecutive steps overlapped in time")
+        assert "duckdb" not in instance.event_log_storage.get_concurrency_keys()
         instance.dispose()
     finally:
         del os.environ["DAGSTER_PG_URL"]

@@ -62,9 +62,9 @@ def test_recover_fails_dead_runs_and_frees_their_slots(instance):
     alive = started_run(instance, {HOST_TAG: here, PID_TAG: str(os.getpid())})
     elsewhere = started_run(instance, {HOST_TAG: "another-machine", PID_TAG: "1"})
     storage = instance.event_log_storage
-    storage.set_concurrency_slots("duckdb", 1)
-    assert storage.claim_concurrency_slot("duckdb", dead.run_id, "reflected_instructions").is_claimed
-    assert not storage.claim_concurrency_slot("duckdb", alive.run_id, "raw_dataset").is_claimed  # queued
+    storage.set_concurrency_slots("gpu", 1)
+    assert storage.claim_concurrency_slot("gpu", dead.run_id, "reflected_instructions").is_claimed
+    assert not storage.claim_concurrency_slot("gpu", alive.run_id, "raw_dataset").is_claimed  # queued
 
     assert [d.run.run_id for d in dead_runs(instance)] == [dead.run_id]
     recovery = recover(instance)
@@ -75,7 +75,7 @@ def test_recover_fails_dead_runs_and_frees_their_slots(instance):
     for run in (alive, elsewhere):
         assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.STARTED
     # The live run, queued behind the dead one, now gets the slot.
-    assert storage.claim_concurrency_slot("duckdb", alive.run_id, "raw_dataset").is_claimed
+    assert storage.claim_concurrency_slot("gpu", alive.run_id, "raw_dataset").is_claimed
     assert recover(instance).failed == []  # nothing left to do
 
 

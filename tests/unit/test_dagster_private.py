@@ -61,10 +61,10 @@ def test_the_health_and_staleness_types(instance):
 
 def test_pool_holders_reads_the_claimed_slots(instance):
     storage = instance.event_log_storage
-    storage.set_concurrency_slots("duckdb", 1)
-    assert storage.claim_concurrency_slot("duckdb", "run-a", "step-a").is_claimed
-    limit, holders = dagster_private.pool_holders(instance, "duckdb")
+    storage.set_concurrency_slots("gpu", 1)
+    assert storage.claim_concurrency_slot("gpu", "run-a", "step-a").is_claimed
+    limit, holders = dagster_private.pool_holders(instance, "gpu")
     assert limit == 1 and [(r, s) for r, s, _ in holders] == [("run-a", "step-a")]
     assert holders[0][2] is not None  # since when
-    message = dagster_private.waiting_message(instance, "duckdb", "step-b")
+    message = dagster_private.waiting_message(instance, "gpu", "step-b")
     assert "held by run run-a (step step-a, since" in message

@@ -53,10 +53,31 @@ def test_definitions_validate():
     dg.Definitions.validate_loadable(defs)
 
 
-def test_every_duckdb_writer_is_in_the_duckdb_pool():
-    for key, node in describe_graph().items():
-        if "duckdb" in node["kinds"]:
-            assert node["pool"] == "duckdb", key
+def test_only_the_steps_that_run_a_model_are_in_a_pool():
+    """The store is held per read or write (engines/storage.py), not per step: no `duckdb`
+    pool. Training, answering, scoring, and the embedded oracle take the `gpu` pool."""
+    pools = {key: node["pool"] for key, node in describe_graph().items()}
+    model_steps = {"baseline_adapter", "recycled_adapter", "selective_adapter", "student_scores", "benchmark_scores"}
+    assert {key for key, pool in pools.items() if pool == "gpu"} >= model_steps
+    assert set(pools.values()) <= {"gpu", None}
+    assert all(pools[key] is None for key in ("raw_dataset", "recycled_dataset", "selective_dataset"))
+
+
+def test_the_oracle_stages_take_the_gpu_pool_only_for_the_embedded_model():
+    from reflection_assets.assets.resources import oracle_pool
+
+    assert oracle_pool({}) == "gpu" and oracle_pool({"REFLECTION_ORACLE_BACKEND": "local"}) == "gpu"
+    assert oracle_pool({"REFLECTION_ORACLE_BACKEND": "openai"}) is None
+
+
+def test_a_store_pool_puts_every_step_in_it():
+    """REFLECTION_STORE_POOL: for a store whose file locks do not reach between processes,
+    every step holds the store for its whole duration in that pool, as before."""
+    from reflection_assets.assets.resources import oracle_pool, step_pool
+
+    held = {"REFLECTION_STORE_POOL": "store", "REFLECTION_ORACLE_BACKEND": "openai"}
+    assert step_pool(True, held) == step_pool(False, held) == oracle_pool(held) == "store"
+    assert step_pool(True, {}) == "gpu" and step_pool(False, {}) is None
 
 
 def test_instance_yaml_serializes_writers_and_frees_slots(tmp_path, monkeypatch):
