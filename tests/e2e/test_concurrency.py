@@ -137,7 +137,7 @@ def test_four_shards_in_four_processes_run_side_by_side_and_readers_answer(tmp_p
 
 
 def test_a_dataset_reflects_while_another_trains(tmp_path, shared_artifacts, tiny_student):
-    rows = alpaca_rows(600)
+    rows = alpaca_rows(200)
     config = tmp_path / "train.yaml"
     # Far more steps than the test waits for: B must be done while A is still training.
     config.write_text(yaml.safe_dump({"baseline_adapter": {"max_steps": 100_000, "batch_size": 2,
