@@ -93,7 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("name", help="a registered dataset")
     export.add_argument(
         "--format", required=True, choices=EXPORT_FORMATS,
-        help="alpaca, jsonl, sharegpt or parquet; a stage's inspection rows: jsonl or parquet",
+        help="alpaca, jsonl, sharegpt or parquet; dpo: preference pairs (prompt, chosen, rejected) of the "
+        "records whose answer phase 2 rewrote, from --stage recycled or selective; a stage's inspection rows: "
+        "jsonl or parquet",
     )
     export.add_argument("--out", required=True, help="the file to write; dataset_info.json goes beside a training set")
     export.add_argument(

@@ -46,11 +46,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     storage = storage_resource()
     storage.registry().get(args.name)
     result = export_dataset(storage.db(), args.name, args.stage, args.format, Path(args.out), shard_count())
-    print(f"wrote {result.rows} {'rows' if result.entry is None else 'records'} to {result.path} ({args.format})")
+    what = "rows" if result.entry is None else "preference pairs" if args.format == "dpo" else "records"
+    print(f"wrote {result.rows} {what} to {result.path} ({args.format})")
     if result.entry is not None:
         print(f"LLaMA-Factory entry {result.entry!r} in {result.dataset_info}")
     if result.shards_empty:
-        print(f"{result.shards_empty} shard(s) materialized with no {args.stage} row"
+        print(f"{result.shards_empty} shard(s) materialized with no {'pair' if args.format == 'dpo' else args.stage + ' row'}"
               + (" (the student kept none of their records)" if args.stage == "selective" else ""))
     if result.shards_missing:
         shards = ", ".join(f"{s:02d}" for s in result.shards_missing)

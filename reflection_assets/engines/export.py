@@ -1,6 +1,7 @@
 """Exporting a dataset (recycled or raw) in the layouts training tools read, with a
-LLaMA-Factory dataset_info.json entry beside the file. Files are written whole or not at
-all (a temporary file renamed into place)."""
+LLaMA-Factory dataset_info.json entry beside the file, and the recycled records as
+preference pairs (`dpo`). Files are written whole or not at all (a temporary file renamed
+into place)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,12 @@ import polars as pl
 
 from reflection_assets.engines.shards import written_shards
 from reflection_assets.engines.storage import Database
+from reflection_assets.engines.student import prompt_text
 from reflection_assets.errors import UserError
 
-EXPORT_FORMATS = ("alpaca", "jsonl", "sharegpt", "parquet")
+EXPORT_FORMATS = ("alpaca", "jsonl", "sharegpt", "parquet", "dpo")
+# Preference pairs: from the recycled records, or from those the student kept.
+DPO_STAGES = ("recycled", "selective")
 # Training sets: every format, with a LLaMA-Factory entry beside the file.
 STAGES = {"recycled": "reflect.recycled", "raw": "raw.records", "selective": "selection.selective"}
 # The asset that fills each stage's rows, for the message when there are none.
@@ -68,10 +72,57 @@ def load_rows(db: Database, dataset: str, stage: str, shard_count: int) -> tuple
     with db.connect() as con:
         frame = con.execute(sql, [dataset]).pl()
         written = written_shards(con, _asset(stage), dataset)
+    return frame.drop("shard"), *_coverage(frame, written, shard_count)
+
+
+def _coverage(frame: pl.DataFrame, written: dict[int, int], shard_count: int) -> tuple[list[int], int]:
+    """The shards with no row that were never materialized, and how many materialized
+    shards hold no row."""
     present = set(frame["shard"].to_list())
     missing = [s for s in range(shard_count) if s not in present and s not in written]
-    empty = sum(1 for s in written if s not in present and s < shard_count)
-    return frame.drop("shard"), missing, empty
+    return missing, sum(1 for s in written if s not in present and s < shard_count)
+
+
+# Every record whose answer phase 2 rewrote while its instruction stayed the original's (the
+# pair reflected was the original: variant `original`, or the chain's where phase 1 kept the
+# pair), once: the oracle's answer is chosen, the original's rejected. For `selective`, only
+# the records the student kept in that form (kind `response`).
+PAIRS_SQL = """
+SELECT record_id, variant, instruction, input, chosen, rejected, shard FROM (
+    SELECT r.record_id, r.variant, r.instruction, r.input, r.better_output AS chosen, o.output AS rejected,
+           r.shard, o.source_row,
+           row_number() OVER (PARTITION BY r.record_id ORDER BY r.variant = 'original' DESC, r.variant) AS nth
+    FROM reflect.responses AS r
+    JOIN raw.records AS o ON o.dataset = r.dataset AND o.record_id = r.record_id
+    {selective}
+    WHERE r.dataset = ? AND r.base = 'original' AND r.replaced AND r.better_output <> o.output
+)
+WHERE nth = 1
+ORDER BY source_row, record_id
+"""
+KEPT_AS_RESPONSE = (
+    "JOIN selection.selective AS s ON s.dataset = r.dataset AND s.record_id = r.record_id AND s.kind = 'response'"
+)
+
+
+def _pairs_asset(stage: str) -> str:
+    """The asset whose rows make a stage's pairs."""
+    return "selective_dataset" if stage == "selective" else "reflected_responses"
+
+
+def load_pairs(db: Database, dataset: str, stage: str, shard_count: int) -> tuple[pl.DataFrame, list[int], int]:
+    """The preference pairs (record_id, variant, prompt, chosen, rejected), the shards not
+    materialized yet, and how many materialized shards hold no pair; as load_rows."""
+    with db.connect() as con:
+        frame = con.execute(PAIRS_SQL.format(selective=KEPT_AS_RESPONSE if stage == "selective" else ""),
+                            [dataset]).pl()
+        written = written_shards(con, _pairs_asset(stage), dataset)
+    missing, empty = _coverage(frame, written, shard_count)
+    prompts = [prompt_text(i, x) for i, x in zip(frame["instruction"].to_list(), frame["input"].to_list())]
+    pairs = frame.select(
+        pl.Series("prompt", prompts, dtype=pl.String), "chosen", "rejected", "record_id", "variant"
+    )
+    return pairs, missing, empty
 
 
 def _alpaca(frame: pl.DataFrame) -> list[dict]:
@@ -91,6 +142,12 @@ def _sharegpt(frame: pl.DataFrame) -> list[dict]:
 
 
 def _dataset_info_entry(fmt: str, file_name: str) -> dict:
+    if fmt == "dpo":
+        return {
+            "file_name": file_name,
+            "ranking": True,
+            "columns": {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"},
+        }
     if fmt == "sharegpt":
         return {
             "file_name": file_name,
@@ -125,15 +182,22 @@ def export_dataset(
     formats = INSPECTION_FORMATS if stage in INSPECTION_STAGES else EXPORT_FORMATS
     if fmt not in formats:
         raise ExportError(f"format {fmt!r} for stage {stage}: expected one of {', '.join(formats)}")
-    frame, missing, empty = load_rows(db, dataset, stage, shard_count)
+    if fmt == "dpo" and stage not in DPO_STAGES:
+        raise ExportError(f"format dpo for stage {stage}: preference pairs come from {' or '.join(DPO_STAGES)}")
+    if fmt == "dpo":
+        frame, missing, empty = load_pairs(db, dataset, stage, shard_count)
+        asset = _pairs_asset(stage)
+    else:
+        frame, missing, empty = load_rows(db, dataset, stage, shard_count)
+        asset = _asset(stage)
     if frame.is_empty() and not empty:
-        raise ExportError(f"dataset {dataset!r} has no {stage} rows yet: materialize {_asset(stage)} first")
+        raise ExportError(f"dataset {dataset!r} has no {stage} rows yet: materialize {asset} first")
     # Materialized and empty (the student kept no record, a small dataset): an empty file.
 
     def write(temp: Path) -> None:
         if fmt == "parquet":
             frame.write_parquet(temp)
-        elif fmt == "jsonl":
+        elif fmt in ("jsonl", "dpo"):
             frame.write_ndjson(temp)
         else:
             rows = _alpaca(frame) if fmt == "alpaca" else _sharegpt(frame)
@@ -145,7 +209,7 @@ def export_dataset(
 
     info_path = out.parent / "dataset_info.json"
     info = json.loads(info_path.read_text()) if info_path.exists() else {}
-    entry = f"{dataset}_{stage}"
+    entry = f"{dataset}_{stage}" + ("_dpo" if fmt == "dpo" else "")
     info[entry] = _dataset_info_entry(fmt, out.name)
     _write_atomically(info_path, lambda t: t.write_text(json.dumps(info, indent=2) + "\n"))
     return ExportResult(out, frame.height, info_path, entry, missing, empty)

@@ -98,6 +98,36 @@ def test_stage_exports_show_each_records_outcome(recycled, tmp_path, capsys, fmt
     assert bad == 2 and "expected one of jsonl, parquet" in capsys.readouterr().err
 
 
+def test_dpo_export_holds_a_pair_per_rewritten_answer(recycled, tmp_path, capsys):
+    import duckdb
+
+    with duckdb.connect(str(recycled / "reflection.duckdb"), read_only=True) as con:
+        rewritten = con.execute(
+            "SELECT count(DISTINCT record_id) FROM reflect.responses WHERE dataset = 'tagged' "
+            "AND base = 'original' AND replaced"
+        ).fetchone()[0]
+        originals = dict(con.execute(
+            "SELECT record_id, output FROM raw.records WHERE dataset = 'tagged'").fetchall())
+    out = tmp_path / "dpo" / "tagged.jsonl"
+    assert main(["export", "tagged", "--format", "dpo", "--out", str(out)]) == 0
+    assert f"wrote {rewritten} preference pairs" in capsys.readouterr().out
+    loaded = datasets.load_dataset("json", data_files=str(out), split="train")
+    assert 0 < loaded.num_rows == rewritten <= len(ROWS)
+    assert loaded.column_names == ["prompt", "chosen", "rejected", "record_id", "variant"]
+    assert all(row["chosen"] != row["rejected"] for row in loaded)
+    assert all(row["rejected"] == originals[row["record_id"]] for row in loaded)
+    assert all(row["chosen"].startswith("A better answer") for row in loaded)
+    with_input = [row for row in loaded if row["prompt"].startswith("Plain task 0")]
+    assert with_input and with_input[0]["prompt"] == "Plain task 0\n\nsome context"  # as the student's template joins them
+    info = json.loads((out.parent / "dataset_info.json").read_text())
+    assert info["tagged_recycled_dpo"] == {
+        "file_name": "tagged.jsonl", "ranking": True,
+        "columns": {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"},
+    }
+    assert main(["export", "tagged", "--stage", "raw", "--format", "dpo", "--out", str(tmp_path / "x")]) == 2
+    assert "preference pairs come from recycled or selective" in capsys.readouterr().err
+
+
 def test_export_before_recycling_says_what_to_run(tagged, tmp_path, capsys):  # noqa: F811
     assert main(["export", "tagged", "--format", "jsonl", "--out", str(tmp_path / "x.jsonl")]) == 2
     assert "materialize recycled_dataset first" in capsys.readouterr().err

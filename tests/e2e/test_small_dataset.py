@@ -97,6 +97,19 @@ def test_forty_records_through_every_stage_with_empty_shards(tmp_path, shared_ar
         assert f"{none_kept} shard(s) materialized with no selective row" in export.stdout
         assert none_kept >= len(empty)
 
+        # The pairs the student kept with the original instruction and the oracle's answer.
+        with duckdb.connect(str(database), read_only=True) as con:
+            kept_as_response = con.execute(
+                "SELECT count(*) FROM selection.selective WHERE dataset = 'h' AND kind = 'response'"
+            ).fetchone()[0]
+        pairs = tmp_path / "selective_dpo.jsonl"
+        dpo = reflection("export", "h", "--stage", "selective", "--format", "dpo", "--out", str(pairs), env=env)
+        assert dpo.returncode == 0, dpo.stderr
+        assert f"wrote {kept_as_response} preference pairs" in dpo.stdout
+        lines = [json.loads(line) for line in pairs.read_text().splitlines()]
+        assert len(lines) == kept_as_response and all(p["chosen"] != p["rejected"] for p in lines)
+        assert json.loads((tmp_path / "dataset_info.json").read_text())["h_selective_dpo"]["ranking"] is True
+
     # A shard whose input was never materialized is told apart from an empty one: a second
     # dataset, the same records, raw_dataset alone, then the selection asked for.
     assert reflection("datasets", "add", "g", str(source), env=env).returncode == 0
