@@ -23,13 +23,16 @@ def hold(path: str, seconds: float, ready) -> None:
         time.sleep(seconds)
 
 
-def write_in_a_loop(path: str, seconds: float, ready) -> None:
+def write_in_a_loop(path: str, stop, ready) -> None:
+    """Writes without a pause until `stop` is set (at most a minute), each write holding the
+    store 100 ms, as a large one does."""
     db = Database(path)
-    end, n = time.monotonic() + seconds, 0
+    end, n = time.monotonic() + 60, 0
     ready.set()
-    while time.monotonic() < end:
+    while not stop.is_set() and time.monotonic() < end:
         with db.transaction() as con:
             con.execute("INSERT INTO registry.testsets (name, source) VALUES (?, 'bundled:x')", [f"t{n}"])
+            time.sleep(0.1)
         n += 1
 
 
@@ -77,7 +80,8 @@ def test_a_wait_that_runs_out_names_the_holder(store):
 
 
 def test_a_writer_in_a_loop_lets_a_reader_in(store):
-    writer = start(write_in_a_loop, str(store), 6)
+    stop = SPAWN.Event()
+    writer = start(write_in_a_loop, str(store), stop)
     try:
         waits = []
         for _ in range(8):
@@ -88,8 +92,11 @@ def test_a_writer_in_a_loop_lets_a_reader_in(store):
             time.sleep(0.2)
         assert writer.is_alive()  # the reads happened while it wrote
     finally:
+        stop.set()
         writer.join(30)
     assert max(waits) < 2.0, waits
+    with Database(store).connect(read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM registry.testsets").fetchone()[0] > 8  # it did write meanwhile
 
 
 def test_the_threads_of_one_process_share_its_hold(store):
