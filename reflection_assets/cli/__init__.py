@@ -10,7 +10,7 @@ from reflection_assets.cli.batch import add_parser as add_batch_parser
 from reflection_assets.cli.inspection import cmd_export, cmd_lineage, cmd_scores
 from reflection_assets.cli.oracle import cmd_oracle_ask, cmd_oracle_info
 from reflection_assets.cli.registry import cmd_datasets_add, cmd_datasets_list, cmd_testsets_add, cmd_testsets_list
-from reflection_assets.cli.runs import cmd_instance, cmd_observe, cmd_recover, cmd_run, cmd_status
+from reflection_assets.cli.runs import cmd_estimate, cmd_instance, cmd_observe, cmd_recover, cmd_run, cmd_status
 from reflection_assets.engines.export import EXPORT_FORMATS, INSPECTION_STAGES, STAGES
 from reflection_assets.engines.sources import FORMATS
 from reflection_assets.engines.testsets import FORMATS as TESTSET_FORMATS
@@ -88,6 +88,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     run.set_defaults(func=cmd_run)
+
+    estimate = sub.add_parser(
+        "estimate", help="what the reflection stages will cost and take, before anything is paid"
+    )
+    estimate.add_argument("--dataset", required=True, help="a registered dataset whose raw_dataset is materialized")
+    estimate.add_argument(
+        "--stage", action="extend", nargs="+",
+        choices=("reflected_instructions", "reflected_responses", "benchmark_scores"),
+        help="the stages to estimate (default: both reflection stages); benchmark_scores: its judge's requests",
+    )
+    estimate.add_argument(
+        "--pilot", type=int, default=0, metavar="N",
+        help="first send N records through the stages (paid once, cached, never paid again) to measure replies",
+    )
+    estimate.add_argument(
+        "--config", help="the YAML of asset settings `reflection run --config` takes (repair, also_original; "
+        "benchmark_scores: testsets, max_prompts, max_new_tokens, compare_base)",
+    )
+    estimate.add_argument("--json", action="store_true", help="print JSON: stages [{stage, requests, ...}] and total_cost_usd")
+    estimate.set_defaults(func=cmd_estimate)
 
     export = sub.add_parser("export", help="write a dataset in a standard layout for training tools")
     export.add_argument("name", help="a registered dataset")

@@ -187,6 +187,21 @@ def _record_groups(record_keys, per_shard: bool = False):
     return [(keys, stage) for keys, stage in groups if keys]
 
 
+def _stderr_log(name: str, level: int):
+    """The oracle client's log lines, bare, on stderr: outside a Dagster run nothing else
+    shows them."""
+    import logging
+
+    log = logging.getLogger(name)
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.propagate = False
+    log.setLevel(level)
+    return log
+
+
 def _send_ahead(instance, dataset: str, stage: str, shards, asset_config: dict) -> None:
     import logging
 
@@ -202,13 +217,7 @@ def _send_ahead(instance, dataset: str, stage: str, shards, asset_config: dict) 
     served = served_identity_for(instance, "oracle", settings)
     config = asset_config.get(stage, {})
     repair = repair_calls(config.get("repair", "auto"), settings.backend)
-    log = logging.getLogger("reflection.oracle.ahead")
-    if not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
-        log.propagate = False
+    log = _stderr_log("reflection.oracle.ahead", logging.INFO)
     numbers = [int(s) for s in (shards or SHARDS.get_partition_keys())]
     how = "batch mode" if settings.mode == "batch" else "embedded oracle"
     print(f"{how}: sending ahead what {stage} needs for {len(numbers)} shard(s) of {dataset}"
@@ -290,3 +299,105 @@ def cmd_run(args: argparse.Namespace) -> int:
     if any(k.to_user_string() == "benchmark_scores" for k in dataset_keys):
         print_scores([o.dataset for o in outcomes if o.success and o.shard is None])
     return 0 if all(o.success for o in outcomes) else 1
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    import json
+    import logging
+
+    from reflection_assets.assets.oracles import served_identity_for
+    from reflection_assets.assets.resources import JudgeResource, OracleResource
+    from reflection_assets.dagster_instance import ensure_instance
+    from reflection_assets.engines.estimate import (
+        ESTIMATE_STAGES,
+        JUDGE_STAGE,
+        JudgePlan,
+        Role,
+        StageConfig,
+        check_request,
+        dataset_pairs,
+        estimate,
+        price_of,
+    )
+    from reflection_assets.engines.oracle.batch import BatchScope
+    from reflection_assets.engines.reflection import repair_calls
+    from reflection_assets.engines.testsets import TestsetRegistry
+
+    storage = storage_resource()
+    storage.registry().get(args.dataset)  # an unknown name says so
+    stages = [s for s in (*ESTIMATE_STAGES, JUDGE_STAGE) if s in (args.stage or ESTIMATE_STAGES)]
+    config = _load_asset_config(args.config) if args.config else {}
+    db = storage.db()
+    pairs = dataset_pairs(db, args.dataset)
+    check_request(args.dataset, len(pairs), stages, args.pilot)
+    log = _stderr_log("reflection.oracle.estimate", logging.INFO if args.pilot else logging.WARNING)
+
+    def role(resource, name: str, prefix: str) -> Role:
+        settings = resource.settings()
+        price_of(settings, prefix)  # before the probe sends anything
+        served = served_identity_for(ensure_instance(), name, settings)
+
+        def make_client(cls):
+            scope = BatchScope(name, args.dataset, "estimate", None)
+            return resource.client(storage, log, served, scope, client_class=cls)
+
+        return Role(settings, make_client)
+
+    oracle_resource = OracleResource()
+    oracle_settings = oracle_resource.settings()
+    phase1, phase2 = config.get("reflected_instructions", {}), config.get("reflected_responses", {})
+    stage_config = StageConfig(
+        repair_instructions=repair_calls(phase1.get("repair", "auto"), oracle_settings.backend),
+        repair_responses=repair_calls(phase2.get("repair", "auto"), oracle_settings.backend),
+        also_original=phase2.get("also_original", True),
+    )
+    judge = plan = None
+    if JUDGE_STAGE in stages:
+        from reflection_assets.assets.benchmark import BenchmarkConfig
+
+        try:
+            bench = BenchmarkConfig(**config.get(JUDGE_STAGE, {}))
+        except Exception as exc:  # pydantic's validation error, whose text names the field
+            raise SettingsError(f"{args.config}: benchmark_scores: {exc}") from None
+        registry = TestsetRegistry(db)
+        cut = bench.max_prompts
+        testsets = {name: registry.load(name)[:cut] if cut else registry.load(name) for name in bench.testsets}
+        plan = JudgePlan(testsets, bench.max_new_tokens, bench.compare_base)
+        judge = role(JudgeResource(), "judge", "REFLECTION_JUDGE_")
+    oracle = role(oracle_resource, "oracle", "REFLECTION_ORACLE_") if set(stages) & set(ESTIMATE_STAGES) else Role(oracle_settings, None)
+    result = estimate(
+        db, storage.artifacts_path(), args.dataset, pairs, stages, stage_config, oracle, judge, plan,
+        pilot=args.pilot, log=lambda line: print(line, file=sys.stderr),
+    )
+    if args.json:
+        print(json.dumps(result.as_json(), indent=2))
+        return 0
+    for line in render_estimate(result):
+        print(line)
+    return 0
+
+
+def render_estimate(result) -> list[str]:
+    def usd(value: float) -> str:
+        return f"${value:,.4f}" if value < 10 else f"${value:,.2f}"
+
+    lines = [f"estimate for {result.dataset} ({result.records:,} records), oracle {result.model}, {result.mode} mode"]
+    if result.pilot_records:
+        lines.append(f"pilot: {result.pilot_records} record(s) sent, {result.pilot_requests} request(s), "
+                     f"{usd(result.pilot_cost_usd)} (cached: the stages will not pay them again)")
+    for s in result.stages:
+        hours = "unknown" if s.hours is None else f"{s.hours:.2f} h" if s.hours >= 1 else f"{s.hours * 60:.1f} min"
+        lines += [
+            f"{s.stage}:",
+            f"  requests     {s.requests:,} still to send (range {s.requests_range[0]:,} to {s.requests_range[1]:,}; "
+            f"{s.known:,} with known prompts, {s.cached:,} already cached)",
+            f"  input        {s.input_tokens:,} tokens, {s.input_basis}",
+            f"  output       {s.output_tokens:,} tokens (range {s.output_tokens_range[0]:,} to {s.output_tokens_range[1]:,}), "
+            f"{s.output_basis}",
+            f"  cost         {usd(s.cost_usd)} online (range {usd(s.cost_usd_range[0])} to {usd(s.cost_usd_range[1])}), "
+            f"{usd(s.batch_cost_usd)} in batch mode",
+            f"  time         {hours} at the configured concurrency",
+        ]
+    lines.append(f"total: {usd(result.total_cost_usd)} ({result.mode} price)")
+    lines += [f"note: {note}" for note in result.notes]
+    return lines
