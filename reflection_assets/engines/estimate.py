@@ -291,10 +291,11 @@ def _percentile(values, q):
 
 
 def estimate_stage(stage: str, observed: _Observed, counter: TokenCounter, pricing: Pricing, pace_s: float | None,
-                   seed: int = 0, prior_outputs: Sequence[int] = ()) -> StageEstimate:
-    """One stage's estimate from what its logic asked of the cache; `prior_outputs`: output
-    tokens of replies of the same kind to stand for its first calls when none of them is
-    cached (the judge's, whose requests wait on answers not generated yet)."""
+                   seed: int = 0, prior: Sequence[tuple[int, int, int, int]] = ()) -> StageEstimate:
+    """One stage's estimate from what its logic asked of the cache. `prior`: records this
+    oracle answered for the same stage elsewhere (first call's output tokens, follow-ups,
+    their cached output tokens and count), standing in when none of this stage's first
+    calls is cached."""
     import numpy as np
 
     calls, units = observed.calls, observed.units
@@ -310,10 +311,9 @@ def estimate_stage(stage: str, observed: _Observed, counter: TokenCounter, prici
     follow_out_sum = np.array(
         [sum(calls[k].reply.completion_tokens for k in u.keys[1:] if calls[k].reply) for u in seen_units], dtype=float)
     follow_out_n = np.array([sum(1 for k in u.keys[1:] if calls[k].reply) for u in seen_units], dtype=float)
-    from_prior = not seen_units and len(prior_outputs) > 0
-    if from_prior:  # replies of the same kind stand in for this stage's first calls
-        first_out = np.array(prior_outputs, dtype=float)
-        follow_n = follow_out_sum = follow_out_n = np.zeros(len(first_out))
+    from_prior = not seen_units and len(prior) > 0
+    if from_prior:  # this oracle's records of other datasets (or runs) stand in
+        first_out, follow_n, follow_out_sum, follow_out_n = (np.array(column, dtype=float) for column in zip(*prior))
     sampled = len(first_out)
     follow_in = [tokens_in[k] for u in units for k in u.keys[1:]]
     first_in = [tokens_in[k] for k in first_keys] + [counter.count(c.request) for c in observed.stand_in]
@@ -371,7 +371,7 @@ def estimate_stage(stage: str, observed: _Observed, counter: TokenCounter, prici
         out_lo, out_hi = 0.0, outputs
         cost_lo, cost_hi = cost(inputs, 0.0), cost(inputs, outputs)
     if from_prior:
-        output_basis = f"the mean of {sampled} cached replies of this model to the same prompts' kind"
+        output_basis = f"the mean of {sampled} record(s) this oracle answered for the same stage elsewhere (the cache)"
     elif seen_units:
         output_basis = f"the mean of {len(seen_units)} record(s) whose replies the cache holds for this oracle"
     else:
@@ -397,7 +397,7 @@ def estimate_stage(stage: str, observed: _Observed, counter: TokenCounter, prici
         hours=hours,
         input_basis=counter.basis,
         output_basis=output_basis,
-        sample_records=len(seen_units),
+        sample_records=sampled,
     )
 
 
@@ -557,14 +557,37 @@ def observe_judge(make_observer: Callable[[], _Observer], db: Database, dataset:
     return _Observed(client.calls, units)
 
 
-def _replied_outputs(db: Database, settings: OracleSettings, prompt_version: str) -> list[int]:
-    """The output tokens of this judge's cached replies: what a judge's reply is like."""
+_PRIOR_SQL = {
+    # a record of the stage: its first call's output, follow-ups asked, their cached output and count
+    "reflected_instructions": """
+        SELECT f.completion_tokens,
+               (t.answer_key IS NOT NULL)::INT + (t.repair_key IS NOT NULL)::INT,
+               coalesce(a.completion_tokens, 0) + coalesce(r.completion_tokens, 0),
+               (a.request_key IS NOT NULL)::INT + (r.request_key IS NOT NULL)::INT
+        FROM (SELECT DISTINCT request_key, answer_key, repair_key FROM reflect.instructions) AS t
+        JOIN oracle.replies AS f ON f.request_key = t.request_key
+        LEFT JOIN oracle.replies AS a ON a.request_key = t.answer_key
+        LEFT JOIN oracle.replies AS r ON r.request_key = t.repair_key
+        WHERE f.backend = ? AND f.model = ? AND f.prompt_version = ? LIMIT 20000""",
+    "reflected_responses": """
+        SELECT f.completion_tokens, (t.repair_key IS NOT NULL)::INT, coalesce(r.completion_tokens, 0),
+               (r.request_key IS NOT NULL)::INT
+        FROM (SELECT DISTINCT request_key, repair_key FROM reflect.responses) AS t
+        JOIN oracle.replies AS f ON f.request_key = t.request_key
+        LEFT JOIN oracle.replies AS r ON r.request_key = t.repair_key
+        WHERE f.backend = ? AND f.model = ? AND f.prompt_version = ? LIMIT 20000""",
+    # the judge's: one call an order, no follow-up
+    JUDGE_STAGE: """
+        SELECT completion_tokens, 0, 0, 0 FROM oracle.replies
+        WHERE backend = ? AND model = ? AND prompt_version = ? LIMIT 20000""",
+}
+
+
+def prior_records(db: Database, stage: str, settings: OracleSettings, prompt_version: str) -> list[tuple[int, int, int, int]]:
+    """What this oracle (same backend, model and prompt version) answered for the stage, on
+    any dataset: the stand-in for a dataset none of whose records it has seen."""
     with db.connect() as con:
-        rows = con.execute(
-            "SELECT completion_tokens FROM oracle.replies WHERE backend = ? AND model = ? AND prompt_version = ? LIMIT 20000",
-            [settings.sampling.backend, settings.sampling.model, prompt_version],
-        ).fetchall()
-    return [r[0] for r in rows]
+        return con.execute(_PRIOR_SQL[stage], [settings.sampling.backend, settings.sampling.model, prompt_version]).fetchall()
 
 
 def _pricing(settings: OracleSettings, price: tuple[float, float]) -> Pricing:
@@ -622,8 +645,10 @@ def estimate(
         pace = observed_pace(db, settings, reflection_version(settings.prompt_profile))
         if pace is None:
             result.notes.append("no reply of the oracle seen yet: hours unknown (--pilot N measures them)")
+        version = reflection_version(settings.prompt_profile)
         for stage in reflection:
-            result.stages.append(estimate_stage(stage, observed[stage], counter, pricing, pace))
+            result.stages.append(estimate_stage(
+                stage, observed[stage], counter, pricing, pace, prior=prior_records(db, stage, settings, version)))
     if judge_price is not None:
         assert judge is not None and judge_plan is not None
         o = observe_judge(lambda: judge.make_client(_Observer), db, dataset, judge_plan)
@@ -633,6 +658,6 @@ def estimate(
             result.notes.append("no reply of the judge seen yet: its hours are unknown")
         result.stages.append(estimate_stage(
             JUDGE_STAGE, o, _counter(judge, artifacts, [o]), _pricing(judge.settings, judge_price), pace,
-            prior_outputs=_replied_outputs(db, judge.settings, version),
+            prior=prior_records(db, JUDGE_STAGE, judge.settings, version),
         ))
     return result

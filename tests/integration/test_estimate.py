@@ -19,14 +19,14 @@ from tests.integration.test_raw_dataset import register
 STAGES = [dg.AssetKey(n) for n in ("raw_dataset", "reflected_instructions", "reflected_responses")]
 
 
-def rows(n: int) -> list[dict]:
+def rows(n: int, verb: str = "Explain") -> list[dict]:
     """Records shaped like Alpaca's: answers of a few words to a paragraph, inputs on a third;
     one in ten fails phase 1's format once and is fixed by the repair call."""
     out = []
     for i in range(n):
         words = 3 + (i * 37) % 90
         out.append({
-            "instruction": f"Explain topic {i} to a newcomer" + (" #fixable" if i % 10 == 3 else "")
+            "instruction": f"{verb} topic {i} to a newcomer" + (" #fixable" if i % 10 == 3 else "")
             + " in plain words." * (1 + i % 3),
             "input": f"context sentence {i} " * (i % 4) if i % 3 == 0 else "",
             "output": " ".join(f"word{j}" for j in range(words)),
@@ -46,8 +46,8 @@ def oracle(monkeypatch):
         yield server
 
 
-def dataset(instance, tmp_path, n: int, name: str = "big"):
-    register(instance, name, write_json(tmp_path / f"{name}.json", rows(n)))
+def dataset(instance, tmp_path, n: int, name: str = "big", verb: str = "Explain"):
+    register(instance, name, write_json(tmp_path / f"{name}.json", rows(n, verb)))
     outcomes = run_record_partitions(instance, defs, JOB_FOR_PARTITIONS[RECORD_PARTITIONS], STAGES[:1], name, None, "WARNING")
     assert all(o.success for o in outcomes)
 
@@ -101,6 +101,16 @@ def test_a_20_record_pilot_predicts_what_200_records_cost(home, instance, tmp_pa
     # the estimate after the stages ran: nothing left to send
     done = estimate_json(capsys, "--dataset", "big")
     assert [s["requests"] for s in done["stages"]] == [0, 0] and done["total_cost_usd"] == 0
+
+    # another dataset, none of its records seen: what this oracle answered for "big" stands in
+    dataset(instance, tmp_path, 50, name="other", verb="Describe")
+    other = estimate_json(capsys, "--dataset", "other")
+    phase1, phase2 = other["stages"]
+    assert "elsewhere" in phase1["output_tokens_basis"] and phase1["sample_records"] == 200
+    # 50 first calls and a repair for about one in ten, not the upper bound of 100
+    assert 50 <= phase1["requests"] <= 60 and phase1["requests_range"][1] < 70
+    assert phase2["requests"] >= 95 and phase2["output_tokens"] < 100 * 200
+    assert oracle.request_count == replies_after  # still nothing sent
 
 
 def test_bad_input_is_a_clear_message_and_sends_nothing(home, instance, tmp_path, oracle, capsys, monkeypatch):
