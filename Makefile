@@ -68,6 +68,7 @@ bench: setup
 	$(BIN)/python benchmarks/demo_stages.py
 	$(BIN)/python benchmarks/store_write.py
 	$(BIN)/python benchmarks/daemon_backfill.py
+	$(BIN)/python benchmarks/startup.py
 
 clean:
 	rm -rf $(VENV) dagster_home/storage dagster_home/history dagster_home/schedules \

@@ -112,3 +112,14 @@ def test_the_instance_yaml_follows_dagster_pg_url(tmp_path, monkeypatch):
     monkeypatch.setenv("DAGSTER_PG_URL", "mysql://nope")
     with pytest.raises(SettingsError, match="expected a postgresql:// URL"):
         write_instance_config(tmp_path / "other")
+
+
+def test_loading_the_definitions_leaves_the_openai_sdk_unimported():
+    """Every command, run worker and code server loads the definitions; the SDK's second
+    and more is paid only by the processes that call an endpoint (benchmarks/startup.py)."""
+    import subprocess
+    import sys
+
+    code = "import sys, reflection_assets.definitions, reflection_assets.cli; print('openai' in sys.modules)"
+    done = subprocess.run([sys.executable, "-W", "ignore", "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"

@@ -8,15 +8,17 @@ import asyncio
 import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Protocol
-
-import openai
+from typing import TYPE_CHECKING, Protocol
 
 from reflection_assets.engines.oracle.batch_lines import CONTINUE_FIELDS, TRANSIENT_STATUSES, chat_body
 from reflection_assets.engines.oracle.limits import parse_retry_after
 from reflection_assets.engines.oracle.replies import BackendError, BackendReply
 from reflection_assets.engines.oracle.settings import OracleSettings
 from reflection_assets.method.requests import YES_SCORE, OracleRequest
+
+if TYPE_CHECKING:
+    import openai  # imported where it is used: it takes over a second, and most processes never call it
+
 
 class Backend(Protocol):
     """What the client needs of a backend: how many requests it wants in flight, an async
@@ -54,6 +56,8 @@ class OpenAIBackend:
 
     async def __aenter__(self) -> "OpenAIBackend":
         # The async client belongs to the event loop it was made in: one per session.
+        import openai
+
         self._client = openai.AsyncOpenAI(
             api_key=self.settings.api_key or "unset",
             base_url=self.settings.base_url,
@@ -71,6 +75,8 @@ class OpenAIBackend:
         return BackendError(redact(message, self.settings.api_key), **kw)  # type: ignore[arg-type]
 
     async def complete(self, request: OracleRequest) -> BackendReply:
+        import openai
+
         assert self._client is not None, "use the backend inside `async with`"
         if request.constraint is not None:
             raise self._error(

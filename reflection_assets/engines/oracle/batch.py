@@ -22,8 +22,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-
-import openai
+from typing import TYPE_CHECKING
 
 from reflection_assets.engines.oracle.backends import redact
 from reflection_assets.engines.oracle.batch_lines import CHAT_URL, COMPLETION_WINDOW, LineResult, lines_by_id, read_lines, split_files
@@ -33,6 +32,9 @@ from reflection_assets.engines.oracle.pricing import cost_usd
 from reflection_assets.engines.oracle.replies import ErrorKind, OracleReply
 from reflection_assets.errors import UserError
 from reflection_assets.method.requests import OracleRequest
+
+if TYPE_CHECKING:
+    import openai  # imported where it is used: it takes over a second, and most processes never call it
 
 
 class BatchError(UserError):
@@ -56,6 +58,8 @@ class BatchScope:
 def batch_api(settings) -> openai.OpenAI:
     """The SDK's client for the files and batches endpoints; its own retries (with backoff)
     cover a dropped connection or a 5xx on these small calls."""
+    import openai
+
     return openai.OpenAI(
         api_key=settings.api_key or "unset",
         base_url=settings.base_url,
@@ -87,10 +91,14 @@ class BatchRunner:
         return self._api
 
     def _error(self, what: str, exc: openai.APIError) -> BatchError:
+        import openai
+
         detail = f"HTTP {exc.status_code}: {exc.message}" if isinstance(exc, openai.APIStatusError) else str(exc)
         return BatchError(redact(f"the Batch API failed to {what} ({detail})", self.settings.api_key))
 
     def _call(self, what: str, call, *args, **kwargs):
+        import openai
+
         try:
             return call(*args, **kwargs)
         except openai.APIError as exc:
@@ -253,6 +261,8 @@ class BatchRunner:
     # -- waiting -----------------------------------------------------------------------------
 
     def _poll(self, record: BatchRecord) -> BatchRecord:
+        import openai
+
         if record.status in TERMINAL:
             return record  # finished before a kill, never collected
         try:

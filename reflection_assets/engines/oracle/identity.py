@@ -17,14 +17,16 @@ import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
-
-import openai
 
 from reflection_assets.engines.oracle.backends import redact
 from reflection_assets.engines.oracle.settings import OracleSettings
 from reflection_assets.errors import UserError
 from reflection_assets.method.served import PROBE_OFF, ServedIdentity
+
+if TYPE_CHECKING:
+    import openai  # imported where it is used: it takes over a second, and most processes never call it
 
 PROBE_MESSAGE = "Reply with the single word OK."
 # Transient failures are tried again this often by the SDK (with its backoff) before the
@@ -49,6 +51,8 @@ def probe(settings: OracleSettings) -> ServedIdentity | None:
 
 
 def _error(settings: OracleSettings, what: str, exc: Exception) -> ProbeError:
+    import openai
+
     if isinstance(exc, openai.APIStatusError):
         reason = f"HTTP {exc.status_code}: {exc.message}"
     elif isinstance(exc, openai.APITimeoutError):
@@ -62,6 +66,8 @@ def _error(settings: OracleSettings, what: str, exc: Exception) -> ProbeError:
 
 
 def _probe_endpoint(settings: OracleSettings) -> ServedIdentity:
+    import openai
+
     client = openai.OpenAI(
         api_key=settings.api_key or "unset",
         base_url=settings.base_url,
@@ -91,6 +97,8 @@ _NO_LISTING = {401, 403, 404, 405, 501}
 
 
 def _listing(client: openai.OpenAI, settings: OracleSettings) -> tuple[tuple[str, str], ...]:
+    import openai
+
     details: list[tuple[str, str]] = []
     try:
         listed = client.models.list()
