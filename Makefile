@@ -45,8 +45,12 @@ browser:
 postgres:
 	$(call apt_install,postgresql,ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1)
 
+# The suite keeps one core busy (the tests are mostly one Python process each): its tests
+# run in one worker per core (at most 4), then the few that time processes side by side or
+# bound a wait run alone, so that nothing else shares the machine with them.
 test: setup browser postgres
-	$(BIN)/pytest
+	$(BIN)/pytest -n auto --maxprocesses 4 -m 'not slow and not serial'
+	$(BIN)/pytest -m 'serial and not slow'
 
 # Also the slow tests that load or train the embedded model.
 test-all: setup browser postgres

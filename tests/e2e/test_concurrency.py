@@ -30,6 +30,9 @@ from tests.conftest import REPO, alpaca_rows, write_json
 from tests.fakes import reflection_oracle
 from tests.fakes.openai_server import FakeOpenAI
 
+# They time processes side by side: nothing else may share the machine (make test runs them alone).
+pytestmark = pytest.mark.serial
+
 BIN = os.path.dirname(sys.executable)
 SHARDS = 4
 PER_SHARD = 96

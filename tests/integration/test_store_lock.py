@@ -13,6 +13,9 @@ import pytest
 from reflection_assets.engines import storage
 from reflection_assets.engines.storage import Database, StorageError
 
+# They time processes side by side: nothing else may share the machine (make test runs them alone).
+pytestmark = pytest.mark.serial
+
 SPAWN = multiprocessing.get_context("spawn")
 
 
