@@ -305,7 +305,9 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     import json
     import logging
 
+    from reflection_assets.assets.benchmark import BenchmarkConfig
     from reflection_assets.assets.oracles import served_identity_for
+    from reflection_assets.assets.reflection import ReflectionConfig, ResponseReflectionConfig
     from reflection_assets.assets.resources import JudgeResource, OracleResource
     from reflection_assets.dagster_instance import ensure_instance
     from reflection_assets.engines.estimate import (
@@ -332,39 +334,52 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     check_request(args.dataset, len(pairs), stages, args.pilot)
     log = _stderr_log("reflection.oracle.estimate", logging.INFO if args.pilot else logging.WARNING)
 
-    def role(resource, name: str, prefix: str) -> Role:
-        settings = resource.settings()
-        price_of(settings, prefix)  # before the probe sends anything
-        served = served_identity_for(ensure_instance(), name, settings)
+    def settings_of(model, name: str):
+        """An asset's settings from --config, checked as the launchpad checks them."""
+        given = config.get(name, {})
+        unknown = sorted(set(given) - set(model.model_fields))
+        if unknown:
+            raise SettingsError(f"{args.config}: {name}: no setting {unknown[0]!r}; expected one of "
+                                + ", ".join(model.model_fields))
+        try:
+            return model(**given)
+        except Exception as exc:  # pydantic's validation error, whose text names the field
+            raise SettingsError(f"{args.config}: {name}: {exc}") from None
+
+    phase1 = settings_of(ReflectionConfig, "reflected_instructions")
+    phase2 = settings_of(ResponseReflectionConfig, "reflected_responses")
+    bench = settings_of(BenchmarkConfig, JUDGE_STAGE)
+    resources = {"oracle": OracleResource(), "judge": JudgeResource()}
+    asked = {"oracle": bool(set(stages) & set(ESTIMATE_STAGES)), "judge": JUDGE_STAGE in stages}
+    settings = {name: resource.settings() for name, resource in resources.items()}
+    for name, prefix in (("oracle", "REFLECTION_ORACLE_"), ("judge", "REFLECTION_JUDGE_")):
+        if asked[name]:
+            price_of(settings[name], prefix)  # an unknown price fails before the probe sends anything
+
+    def role(name: str) -> Role:
+        if not asked[name]:
+            return Role(settings[name], None)
+        served = served_identity_for(ensure_instance(), name, settings[name])
 
         def make_client(cls):
             scope = BatchScope(name, args.dataset, "estimate", None)
-            return resource.client(storage, log, served, scope, client_class=cls)
+            return resources[name].client(storage, log, served, scope, client_class=cls)
 
-        return Role(settings, make_client)
+        return Role(settings[name], make_client)
 
-    oracle_resource = OracleResource()
-    oracle_settings = oracle_resource.settings()
-    phase1, phase2 = config.get("reflected_instructions", {}), config.get("reflected_responses", {})
+    backend = settings["oracle"].backend
     stage_config = StageConfig(
-        repair_instructions=repair_calls(phase1.get("repair", "auto"), oracle_settings.backend),
-        repair_responses=repair_calls(phase2.get("repair", "auto"), oracle_settings.backend),
-        also_original=phase2.get("also_original", True),
+        repair_instructions=repair_calls(phase1.repair, backend),
+        repair_responses=repair_calls(phase2.repair, backend),
+        also_original=phase2.also_original,
     )
-    judge = plan = None
-    if JUDGE_STAGE in stages:
-        from reflection_assets.assets.benchmark import BenchmarkConfig
-
-        try:
-            bench = BenchmarkConfig(**config.get(JUDGE_STAGE, {}))
-        except Exception as exc:  # pydantic's validation error, whose text names the field
-            raise SettingsError(f"{args.config}: benchmark_scores: {exc}") from None
+    plan = None
+    if asked["judge"]:
         registry = TestsetRegistry(db)
         cut = bench.max_prompts
         testsets = {name: registry.load(name)[:cut] if cut else registry.load(name) for name in bench.testsets}
         plan = JudgePlan(testsets, bench.max_new_tokens, bench.compare_base)
-        judge = role(JudgeResource(), "judge", "REFLECTION_JUDGE_")
-    oracle = role(oracle_resource, "oracle", "REFLECTION_ORACLE_") if set(stages) & set(ESTIMATE_STAGES) else Role(oracle_settings, None)
+    oracle, judge = role("oracle"), role("judge")
     result = estimate(
         db, storage.artifacts_path(), args.dataset, pairs, stages, stage_config, oracle, judge, plan,
         pilot=args.pilot, log=lambda line: print(line, file=sys.stderr),
@@ -396,7 +411,7 @@ def render_estimate(result) -> list[str]:
             f"{s.output_basis}",
             f"  cost         {usd(s.cost_usd)} online (range {usd(s.cost_usd_range[0])} to {usd(s.cost_usd_range[1])}), "
             f"{usd(s.batch_cost_usd)} in batch mode",
-            f"  time         {hours} at the configured concurrency",
+            f"  time         {hours} at the pace this oracle was seen at",
         ]
     lines.append(f"total: {usd(result.total_cost_usd)} ({result.mode} price)")
     lines += [f"note: {note}" for note in result.notes]

@@ -152,6 +152,9 @@ def test_the_judge_of_benchmark_scores_when_asked(home, instance, tmp_path, orac
     config.write_text("benchmark_scores: {max_prompts: many}\n")
     assert main(["estimate", "--dataset", "small", "--stage", "benchmark_scores", "--config", str(config)]) == 2
     assert "max_prompts" in capsys.readouterr().err
+    config.write_text("reflected_responses: {also_orignal: false}\n")  # a typo is not taken for the default
+    assert main(["estimate", "--dataset", "small", "--config", str(config)]) == 2
+    assert "no setting 'also_orignal'; expected one of" in capsys.readouterr().err
     assert oracle.request_count == 0
 
 
