@@ -22,9 +22,9 @@ SAMPLE = json.loads((REPO / "reflection_assets/data/sample_alpaca.json").read_te
 
 
 @pytest.fixture(scope="module")
-def scorer(tmp_path_factory):
+def scorer(shared_artifacts):
     return StudentScorer(
-        "SmolLM2-135M-Instruct", tmp_path_factory.mktemp("artifacts"), "vicuna", max_length=160, dtype="float32",
+        "SmolLM2-135M-Instruct", shared_artifacts, "vicuna", max_length=160, dtype="float32",
         batch_size=4, log=lambda _: None,
     )
 
