@@ -73,6 +73,7 @@ bench: setup
 	$(BIN)/python benchmarks/store_write.py
 	$(BIN)/python benchmarks/daemon_backfill.py
 	$(BIN)/python benchmarks/startup.py
+	$(BIN)/python benchmarks/train_memory.py
 
 clean:
 	rm -rf $(VENV) dagster_home/storage dagster_home/history dagster_home/schedules \

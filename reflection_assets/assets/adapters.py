@@ -1,5 +1,7 @@
-"""baseline_adapter and recycled_adapter: the same student, LoRA-tuned the same way, on the
-original and on the recycled data of one dataset."""
+"""baseline_adapter, recycled_adapter and selective_adapter: the same student, tuned the
+same way (LoRA by default), on the original, the recycled and the student-selected data of
+one dataset. The step reads the rows, launches the trainer in a process of its own through
+Dagster Pipes (engines/trainer.py, reflection_assets/train.py) and registers the result."""
 
 import dataclasses
 import typing
@@ -45,7 +47,7 @@ AdapterConfig = create_model(
     "AdapterConfig",
     __base__=_AdapterConfigBase,
     __module__=__name__,
-    __doc__="LoRA settings (engines/student.py TrainConfig). The defaults are the main job's: "
+    __doc__="Training settings (engines/student.py TrainConfig). The defaults are the main job's: "
     f"{MAIN_JOB_MAX_STEPS} steps on the embedded model; for a real run set max_steps to null.",
     **{
         knob.name: _config_field(knob, kind)
@@ -72,12 +74,23 @@ def _metadata(adapter: Adapter) -> dict:
         "precision": reg["precision"],
         "wall_s": reg["wall_s"],
     }
-    if "tokens_per_s" in reg:
-        metadata["tokens_per_s"] = reg["tokens_per_s"]
+    for name in ("tokens_per_s", "method", "world_size", "resumed_from_step"):
+        if reg.get(name) is not None:  # adapters registered before the trainer have none
+            metadata[name] = reg[name]
     plot = adapter.path / "loss.png"
     if plot.exists():
         metadata["loss_curve"] = png_markdown(plot, "loss curve")
     return metadata
+
+
+def _pipes_launch(context: dg.AssetExecutionContext):
+    """The trainer in a process of its own, through Dagster Pipes: its log lines reach this
+    run's log as it trains; a terminated run sends it SIGINT."""
+
+    def launch(command, env) -> None:
+        dg.PipesSubprocessClient(env=dict(env)).run(context=context, command=list(command))
+
+    return launch
 
 
 def _train(context: dg.AssetExecutionContext, config: AdapterConfig, storage: StorageResource, variant: str):
@@ -94,7 +107,8 @@ def _train(context: dg.AssetExecutionContext, config: AdapterConfig, storage: St
         )
     with user_errors_fail_the_step():
         adapter = train_or_reuse(
-            storage.db(), storage.artifacts_path(), dataset, variant, config.train_config(), context.log.info
+            storage.db(), storage.artifacts_path(), dataset, variant, config.train_config(), context.log.info,
+            _pipes_launch(context),
         )
     metadata = _metadata(adapter)
     if variant == "selective":
@@ -137,22 +151,24 @@ baseline_adapter = _adapter_asset(
     "baseline_adapter",
     raw_dataset,
     "baseline",
-    "A LoRA adapter of the student trained on the original pairs of every shard of the "
-    "dataset: what the recycled adapter is compared against. Saved in peft's format under "
-    "the artifacts folder; registered in training.adapters.",
+    "A LoRA adapter (or with method full, a whole model) of the student trained on the "
+    "original pairs of every shard of the dataset: what the recycled adapter is compared "
+    "against. Trained by transformers' Trainer in a process of its own (Dagster Pipes), "
+    "resumable from its checkpoints; saved under the artifacts folder and registered in "
+    "training.adapters.",
 )
 recycled_adapter = _adapter_asset(
     "recycled_adapter",
     recycled_dataset,
     "recycled",
-    "The same LoRA recipe trained on the recycled pairs of every shard of the dataset. "
-    "Saved in peft's format under the artifacts folder; registered in training.adapters.",
+    "The same recipe trained on the recycled pairs of every shard of the dataset. Saved "
+    "under the artifacts folder; registered in training.adapters.",
 )
 selective_adapter = _adapter_asset(
     "selective_adapter",
     selective_dataset,
     "selective",
-    "The same LoRA recipe trained on the student-selected pairs (V2, selective_dataset) of "
-    "every shard of the dataset. Saved in peft's format under the artifacts folder; "
-    "registered in training.adapters.",
+    "The same recipe trained on the student-selected pairs (V2, selective_dataset) of "
+    "every shard of the dataset. Saved under the artifacts folder; registered in "
+    "training.adapters.",
 )

@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from reflection_assets.cli.batch import add_parser as add_batch_parser
-from reflection_assets.cli.inspection import cmd_export, cmd_lineage, cmd_scores
+from reflection_assets.cli.inspection import cmd_adapters, cmd_export, cmd_lineage, cmd_scores
 from reflection_assets.cli.oracle import cmd_oracle_ask, cmd_oracle_info
 from reflection_assets.cli.registry import cmd_datasets_add, cmd_datasets_list, cmd_testsets_add, cmd_testsets_list
 from reflection_assets.cli.runs import cmd_estimate, cmd_instance, cmd_observe, cmd_recover, cmd_run, cmd_status
@@ -66,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="a JSON array, one object per dataset with a benchmark: for scripts and CI gates",
     )
     scores.set_defaults(func=cmd_scores)
+
+    adapters = sub.add_parser("adapters", help="the trained adapters (and full models): where, how, on what")
+    adapters.add_argument("--dataset", help="one registered dataset (default: all)")
+    adapters.add_argument("--all", action="store_true", help="every adapter trained, not only the current ones")
+    adapters.add_argument("--json", action="store_true", help="one JSON array, every registry field")
+    adapters.set_defaults(func=cmd_adapters)
 
     run = sub.add_parser("run", help="materialize assets headless, as the UI would")
     run.add_argument("--dataset", help="one registered dataset (default: all)")

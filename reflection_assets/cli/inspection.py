@@ -37,6 +37,47 @@ def cmd_scores(args: argparse.Namespace) -> int:
     return 0
 
 
+ADAPTERS_SQL = """
+    SELECT a.*, c.variant IS NOT NULL AS current
+    FROM training.adapters AS a
+    LEFT JOIN training.current_adapters AS c ON c.adapter_id = a.adapter_id
+    WHERE (? IS NULL OR a.dataset = ?) AND (? OR c.variant IS NOT NULL)
+    ORDER BY a.dataset, a.variant, a.created_at
+"""
+
+
+def cmd_adapters(args: argparse.Namespace) -> int:
+    """The registry of training.adapters: the current adapter of each dataset's variant (the
+    one benchmark_scores evaluates), or with --all every one trained."""
+    import json
+
+    storage = storage_resource()
+    if args.dataset:
+        storage.registry().get(args.dataset)
+    with storage.db().connect(read_only=True) as con:
+        cursor = con.execute(ADAPTERS_SQL, [args.dataset, args.dataset, args.all])
+        columns = [c[0] for c in cursor.description]
+        rows = [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
+    for row in rows:
+        row["config"] = json.loads(row.pop("config_json"))
+        row["created_at"] = str(row["created_at"])
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no adapters yet: materialize baseline_adapter, recycled_adapter or selective_adapter")
+        return 0
+    for row in rows:
+        method = row["method"] or "lora"
+        processes = f", {row['world_size']} processes" if (row["world_size"] or 1) > 1 else ""
+        resumed = f", resumed from step {row['resumed_from_step']}" if row["resumed_from_step"] else ""
+        eval_loss = f"{row['eval_loss']:.3f}" if row["eval_loss"] is not None else "-"
+        print(f"{row['dataset']} / {row['variant']}{'' if row['current'] else ' (not current)'}: {row['adapter_id']} "
+              f"({method} on {row['base_model']}, {row['records']} records, {row['steps']} steps{processes}{resumed}; "
+              f"train loss {row['train_loss']:.3f}, eval loss {eval_loss})\n    {row['path']}")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 

@@ -1,6 +1,9 @@
 """Adapters as registered artifacts: which rows train which variant, an id derived from
-the data and config (so unchanged inputs never retrain), training into a temporary folder
-renamed into place, and the registry row written last, in one transaction."""
+the data and config (so unchanged inputs never retrain), training in a process of its own
+into a staging folder (kept, with its checkpoints, until the result is in place: a killed
+training resumes), the result renamed into place, and the registry row written last, in
+one transaction. The database is read before the training and written after it, never
+held in between."""
 
 from __future__ import annotations
 
@@ -8,15 +11,20 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 
+from reflection_assets.engines import trainer
 from reflection_assets.engines.storage import Database
-from reflection_assets.engines.student import TrainConfig, TrainingError, train_adapter
+from reflection_assets.engines.student import TrainConfig, TrainingError, check_config
 from reflection_assets.method.digests import json_digest
+
+# Runs the training command with these extra environment variables; raises when it fails.
+Launch = Callable[[Sequence[str], Mapping[str, str]], None]
 
 VARIANT_SOURCES = {"baseline": "raw.records", "recycled": "reflect.recycled", "selective": "selection.selective"}
 # The asset whose shards fill each variant's training rows.
@@ -74,7 +82,7 @@ def data_fingerprint(rows: list[tuple[str, str, str, str]]) -> str:
 
 
 def adapter_id_for(variant: str, fingerprint: str, config: TrainConfig) -> str:
-    return json_digest([variant, fingerprint, config.as_dict()], ascii=True)
+    return json_digest([variant, fingerprint, config.identity()], ascii=True)
 
 
 def find_adapter(db: Database, adapter_id: str) -> dict[str, object] | None:
@@ -104,6 +112,41 @@ def plot_losses(losses: list[float], eval_loss: float | None, title: str, path: 
     plt.close(fig)
 
 
+def run_process(command: Sequence[str], env: Mapping[str, str]) -> None:
+    """The launch outside Dagster: the trainer as a plain child process, its output on ours."""
+    code = subprocess.run(list(command), env={**os.environ, **env}, check=False).returncode
+    if code != 0:
+        raise RuntimeError(f"{command[0]} … exited with status {code}")
+
+
+def _launch(staging: Path, config: TrainConfig, launch: Launch, log: Callable[[str], None]) -> dict[str, object]:
+    """Train in the staging folder unless a finished result waits there (a run that trained
+    and then failed to register), and return the trainer's result."""
+    from reflection_assets.train import PARENT_ENV, parent_token
+
+    result_file, model = staging / trainer.RESULT, staging / trainer.MODEL
+    if result_file.exists() and model.is_dir():
+        log(f"the training in {staging} had finished: registering its result")
+        return json.loads(result_file.read_text())
+    command = trainer.launch_command(config, staging / trainer.SPEC)
+    log("launching the trainer: " + " ".join(command[1:]))
+    try:
+        launch(command, {PARENT_ENV: parent_token(), "PYTHONUNBUFFERED": "1"})
+    except Exception as exc:
+        error = staging / trainer.ERROR
+        if error.exists():
+            raise TrainingError(error.read_text()) from None
+        kept = trainer.last_checkpoint(staging)
+        raise TrainingError(
+            f"the training process failed ({exc}; its own output above says why). "
+            + (f"Its checkpoint {kept.name} is kept in {staging}: materializing again resumes from it"
+               if kept else f"No checkpoint was written yet (save_steps={config.save_steps})")
+        ) from None
+    if not result_file.exists():
+        raise TrainingError(f"the training process ended without a result in {staging}")
+    return json.loads(result_file.read_text())
+
+
 def train_or_reuse(
     db: Database,
     artifacts: str | Path,
@@ -111,9 +154,11 @@ def train_or_reuse(
     variant: str,
     config: TrainConfig,
     log: Callable[[str], None] = print,
+    launch: Launch = run_process,
 ) -> Adapter:
     if not 0 <= config.holdout_fraction < 1:
         raise TrainingError(f"holdout_fraction={config.holdout_fraction}: expected at least 0 and below 1")
+    check_config(config)
     rows = training_rows(db, dataset, variant, config.holdout_fraction)
     if not rows:
         raise TrainingError(
@@ -132,19 +177,28 @@ def train_or_reuse(
             con.execute(SET_CURRENT, [dataset, variant, adapter_id])
         return Adapter(adapter_id, out, True, existing, losses)
 
-    partial = out.with_name(f".{adapter_id}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    try:
-        result = train_adapter(config, artifacts, rows, partial, log)
-        plot_losses(result.train_losses, result.eval_loss, f"{dataset} / {variant}", partial / "loss.png")
-        (partial / "training_log.json").write_text(
-            json.dumps({"train_losses": result.train_losses, "eval_loss": result.eval_loss, "config": config.as_dict()})
-        )
+    # The same id means the same rows and settings: a staging folder left by a killed
+    # training of this adapter is resumed, not replaced.
+    staging = out.with_name(f".{adapter_id}.partial")
+    finished = out / "training_log.json"
+    previous = json.loads(finished.read_text()) if finished.exists() else {}
+    if "steps" in previous:  # trained and moved into place, but never registered
+        log(f"adapter {adapter_id} was trained but not registered: registering it")
+        result = previous
+    else:
+        staging.mkdir(parents=True, exist_ok=True)
+        trainer.write_rows(staging / trainer.ROWS, rows)
+        trainer.TrainSpec(config.as_dict(), str(Path(artifacts).resolve()), f"{dataset} / {variant}").save(staging)
+        result = _launch(staging, config, launch, log)
+        model = staging / trainer.MODEL
+        plot_losses(result["train_losses"], result["eval_loss"], f"{dataset} / {variant}", model / "loss.png")
+        if (staging / trainer.PROGRESS).exists():  # every attempt's steps, resumed ones included
+            shutil.copy2(staging / trainer.PROGRESS, model / trainer.PROGRESS)
+        (model / "training_log.json").write_text(json.dumps({**result, "config": config.as_dict()}))
         shutil.rmtree(out, ignore_errors=True)
-        os.replace(partial, out)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
-    tail = result.train_losses[-max(1, len(result.train_losses) // 10) :]
+        os.replace(model, out)
+    losses = result["train_losses"]
+    tail = losses[-max(1, len(losses) // 10) :] or [float("nan")]
     registry = {
         "adapter_id": adapter_id,
         "dataset": dataset,
@@ -154,13 +208,17 @@ def train_or_reuse(
         "data_fingerprint": fingerprint,
         "records": len(rows),
         "config_json": json.dumps(config.as_dict(), sort_keys=True),
-        "steps": result.steps,
-        "tokens": result.tokens,
+        "steps": result["steps"],
+        "tokens": result["tokens"],
         "train_loss": sum(tail) / len(tail),
-        "eval_loss": result.eval_loss,
-        "truncated": result.truncated,
-        "precision": result.precision,
-        "wall_s": result.wall_s,
+        "eval_loss": result["eval_loss"],
+        "truncated": result["truncated"],
+        "precision": result["precision"],
+        "wall_s": result["wall_s"],
+        "method": result["method"],
+        "world_size": result["world_size"],
+        "resumed_from_step": result["resumed_from_step"],
+        "tokens_per_s": result["tokens_per_s"],
     }
     # read by DuckDB by its name in the INSERT below
     record_ids = pl.DataFrame({"adapter_id": [adapter_id] * len(rows), "record_id": [r[0] for r in rows]})  # noqa: F841
@@ -174,5 +232,5 @@ def train_or_reuse(
         )
         con.execute("INSERT INTO training.adapter_records SELECT adapter_id, record_id FROM record_ids")
         con.execute(SET_CURRENT, [dataset, variant, adapter_id])
-    registry["tokens_per_s"] = result.tokens_per_s
-    return Adapter(adapter_id, out, False, registry, result.train_losses)
+    shutil.rmtree(staging, ignore_errors=True)  # its checkpoints are no longer needed
+    return Adapter(adapter_id, out, False, registry, losses)

@@ -114,11 +114,16 @@ class LoadedModel:
             from reflection_assets.engines.models import load_causal_lm
 
             self.tokenizer()
-            lm, _ = load_causal_lm(self.model.base_model, self.artifacts)
-            if self.model.adapter_path is not None:
+            path = self.model.adapter_path
+            if path is not None and not (path / "adapter_config.json").exists():
+                # method full: the folder is a whole fine-tuned model, not an adapter
+                lm, _ = load_causal_lm(str(path), self.artifacts)
+            else:
+                lm, _ = load_causal_lm(self.model.base_model, self.artifacts)
+            if path is not None and (path / "adapter_config.json").exists():
                 from peft import PeftModel
 
-                lm = PeftModel.from_pretrained(lm, str(self.model.adapter_path)).merge_and_unload()
+                lm = PeftModel.from_pretrained(lm, str(path)).merge_and_unload()
             import torch
 
             lm.to("cuda" if torch.cuda.is_available() else "cpu").eval()

@@ -106,16 +106,18 @@ def load_tokenizer(name_or_path: str, artifacts: str | Path):
     return tokenizer
 
 
-def load_causal_lm(name_or_path: str, artifacts: str | Path, dtype: str = "float32"):
-    """(model, tokenizer) in eval mode; the tokenizer pads on the left for generation."""
+def load_causal_lm(name_or_path: str, artifacts: str | Path, dtype: str = "float32", threads: int | None = None, **options):
+    """(model, tokenizer) in eval mode; the tokenizer pads on the left for generation.
+    `threads`: CPU threads for this process (all cores by default); `options` go to
+    from_pretrained (a quantization config, a device map)."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(threads or max(1, os.cpu_count() or 1))
     source = resolve_model(name_or_path, artifacts)
     tokenizer = load_tokenizer(source, artifacts)
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype))
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype), **options)
     except OSError as exc:
         raise ModelError(f"{name_or_path}: cannot load the model ({exc})") from None
     tokenizer.padding_side = "left"

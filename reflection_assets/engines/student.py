@@ -1,13 +1,11 @@
-"""The student: turning pairs into masked training examples and fine-tuning LoRA adapters
-with transformers and peft. No Dagster here; the adapter assets call `train_adapter`."""
+"""The student: its training settings and the masked examples made from pairs (the
+trainer itself is engines/trainer.py, run in a process of its own). No Dagster here."""
 
 from __future__ import annotations
 
-import math
 import random
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from reflection_assets.errors import UserError
@@ -53,13 +51,81 @@ class TrainConfig:
     # out of training altogether: benchmark_scores measures held-out loss on them.
     holdout_fraction: float = knob(0.1, "share of the dataset's records (by id, the same for every adapter) kept out of training for held-out loss")
     seed: int = knob(42, "random seed of the shuffles and the LoRA initialization")
-    precision: str = knob("auto", "auto (bfloat16 autocast where supported) or float32")
+    precision: str = knob("auto", "auto (bfloat16 where the device computes it: base weights for lora and qlora, autocast for full) or float32")
     log_every_s: float = 10.0
+    method: str = knob("lora", "lora (an adapter), qlora (lora on the base loaded in 4 bits with bitsandbytes; CUDA only) or full (every weight: a whole model folder, the paper's recipe)")
+    gradient_checkpointing: bool | None = knob(None, "recompute activations in the backward pass (less memory, about 20% slower); null: on when training on a GPU")
+    save_steps: int = knob(50, "a checkpoint every this many optimizer steps, in the adapter's staging folder: a killed training resumes from the last one (0: none)")
+    launcher: str = knob("python", "python (one process), torchrun or accelerate (several processes per host)")
+    processes: int = knob(1, "training processes on this host (one per GPU); batch_size is split between them")
+    accelerate_config: str | None = knob(None, "an accelerate config file (FSDP, DeepSpeed) for launcher accelerate")
 
     def as_dict(self) -> dict[str, object]:
         values = asdict(self)
         values["target_modules"] = list(self.target_modules)
         return values
+
+    def identity(self) -> dict[str, object]:
+        """What the adapter id is derived from: every setting that changes what is computed.
+        How often checkpoints are written and whether activations are recomputed do not; the
+        settings added with the trainer count only when they differ from their defaults, so
+        the adapters trained before them keep their ids."""
+        values = self.as_dict()
+        for name in ("save_steps", "gradient_checkpointing"):
+            values.pop(name)
+        for name in _LATER_SETTINGS:
+            if values[name] == getattr(TrainConfig, name):
+                values.pop(name)
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict[str, object]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise TrainingError(f"unknown training setting(s) {', '.join(unknown)}: expected some of {', '.join(sorted(known))}")
+        values = dict(values)
+        if "target_modules" in values:
+            values["target_modules"] = tuple(values["target_modules"])
+        return cls(**values)
+
+
+_LATER_SETTINGS = ("method", "launcher", "processes", "accelerate_config")
+METHODS = ("lora", "qlora", "full")
+LAUNCHERS = ("python", "torchrun", "accelerate")
+
+
+def check_config(config: TrainConfig, cuda: bool | None = None) -> None:
+    """Settings that cannot work, refused before anything is loaded or launched."""
+    if config.method not in METHODS:
+        raise TrainingError(f"method {config.method!r}: expected one of {', '.join(METHODS)}")
+    if config.launcher not in LAUNCHERS:
+        raise TrainingError(f"launcher {config.launcher!r}: expected one of {', '.join(LAUNCHERS)}")
+    if config.processes < 1:
+        raise TrainingError(f"processes={config.processes}: expected at least 1")
+    if config.processes > 1 and config.launcher == "python":
+        raise TrainingError(f"processes={config.processes} needs launcher torchrun or accelerate (python runs one process)")
+    if config.batch_size < 1 or config.batch_size % config.processes:
+        raise TrainingError(
+            f"batch_size={config.batch_size} is split between {config.processes} processes: expected a multiple of {config.processes}"
+        )
+    if config.save_steps < 0:
+        raise TrainingError(f"save_steps={config.save_steps}: expected 0 (no checkpoints) or more")
+    if config.accelerate_config is not None:
+        if config.launcher != "accelerate":
+            raise TrainingError("accelerate_config is read by launcher accelerate only: set launcher to accelerate")
+        if not Path(config.accelerate_config).is_file():
+            raise TrainingError(f"accelerate_config {config.accelerate_config}: no such file")
+    if config.method == "qlora":
+        if cuda is None:
+            import torch
+
+            cuda = torch.cuda.is_available()
+        if not cuda:
+            raise TrainingError(
+                "method qlora loads the base in 4 bits with bitsandbytes, which needs CUDA: no CUDA device "
+                "here. Use method lora (or full) on this host, or train on a host with a GPU"
+            )
 
 
 @dataclass(frozen=True)
@@ -68,21 +134,6 @@ class Example:
     input_ids: list[int]
     labels: list[int]
     truncated: bool
-
-
-@dataclass
-class TrainResult:
-    steps: int = 0
-    tokens: int = 0  # tokens seen in training, padding excluded
-    train_losses: list[float] = field(default_factory=list)  # per optimizer step
-    eval_loss: float | None = None
-    train_examples: int = 0
-    eval_examples: int = 0
-    truncated: int = 0
-    wall_s: float = 0.0
-    tokens_per_s: float = 0.0  # training steps only, loading and evaluation excluded
-    precision: str = "float32"
-    model: object = field(default=None, repr=False)  # the trained peft model, for callers that go on
 
 
 def prompt_text(instruction: str, input_text: str) -> str:
@@ -162,10 +213,6 @@ def collate(batch: Sequence[Example], pad_id: int):
     return ids, mask, labels
 
 
-def device_of(model) -> str:
-    return next(model.parameters()).device.type
-
-
 def _autocast_dtype(precision: str):
     import torch
 
@@ -181,7 +228,7 @@ def mean_loss(model, examples: Sequence[Example], pad_id: int, batch_size: int, 
     import torch
 
     autocast = _autocast_dtype(precision)
-    device = device_of(model)
+    device = next(model.parameters()).device.type
     total, count = 0.0, 0
     model.eval()
     with torch.inference_mode():
@@ -196,106 +243,3 @@ def mean_loss(model, examples: Sequence[Example], pad_id: int, batch_size: int, 
             total += float(losses)
             count += int((shifted != IGNORE).sum())
     return total / max(count, 1)
-
-
-def train_adapter(
-    config: TrainConfig,
-    artifacts: str | Path,
-    rows: Sequence[tuple[str, str, str, str]],
-    out_dir: Path,
-    log: Callable[[str], None] = print,
-) -> TrainResult:
-    """LoRA-tune config.base_model on rows and save the adapter (peft format) in out_dir."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-
-    from reflection_assets.engines.models import load_causal_lm, load_tokenizer
-
-    if not rows:
-        raise TrainingError("the training set is empty: nothing to train on")
-    started = time.perf_counter()
-    torch.manual_seed(config.seed)
-    rng = random.Random(config.seed)
-    # The data is checked with the tokenizer before the model is loaded: bad input fails fast.
-    tokenizer = load_tokenizer(config.base_model, artifacts)
-    tokenizer.padding_side = "right"
-    layout = resolve_template(tokenizer, config.template)
-    examples = build_examples(tokenizer, layout, rows, config.max_length)
-    if not examples:
-        raise TrainingError(
-            f"every example is longer than max_length={config.max_length} tokens before its "
-            "response starts: raise max_length"
-        )
-    model, _ = load_causal_lm(config.base_model, artifacts)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(device)
-    rng.shuffle(examples)
-    n_eval = int(len(examples) * config.eval_fraction) if len(examples) >= 10 else 0
-    eval_set, train_set = examples[:n_eval], examples[n_eval:]
-
-    model = get_peft_model(
-        model,
-        LoraConfig(
-            r=config.lora_rank,
-            lora_alpha=config.lora_alpha,
-            lora_dropout=config.lora_dropout,
-            target_modules=list(config.target_modules),
-            task_type="CAUSAL_LM",
-        ),
-    )
-    steps_per_epoch = math.ceil(len(train_set) / (config.batch_size * config.grad_accumulation))
-    total_steps = config.max_steps or max(1, math.ceil(steps_per_epoch * config.epochs))
-    warmup = int(total_steps * config.warmup_ratio)
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=config.learning_rate, weight_decay=config.weight_decay
-    )
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda step: (step + 1) / max(1, warmup) if step < warmup else max(0.0, (total_steps - step) / max(1, total_steps - warmup)),
-    )
-    autocast = _autocast_dtype(config.precision)
-    pad_id = tokenizer.pad_token_id
-    result = TrainResult(
-        train_examples=len(train_set),
-        eval_examples=len(eval_set),
-        truncated=sum(e.truncated for e in examples),
-        precision="bfloat16" if autocast is not None else "float32",
-    )
-    log(
-        f"training {config.base_model} with LoRA r={config.lora_rank} on {len(train_set)} examples "
-        f"({result.truncated} truncated to {config.max_length} tokens), {total_steps} steps, "
-        f"{result.precision} on {device}"
-    )
-    model.train()
-    queue: list[list[Example]] = []
-    train_started = last_log = time.perf_counter()
-    while result.steps < total_steps:
-        step_loss, step_tokens = 0.0, 0
-        for _ in range(config.grad_accumulation):
-            if not queue:
-                queue = batches(train_set, config.batch_size, rng)
-            ids, mask, labels = (t.to(device) for t in collate(queue.pop(), pad_id))
-            with torch.autocast(device, dtype=autocast, enabled=autocast is not None):
-                loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-            (loss / config.grad_accumulation).backward()
-            step_loss += float(loss.detach()) / config.grad_accumulation
-            step_tokens += int(mask.sum())
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        result.steps += 1
-        result.tokens += step_tokens
-        result.train_losses.append(step_loss)
-        if time.perf_counter() - last_log >= config.log_every_s or result.steps == total_steps:
-            elapsed = time.perf_counter() - train_started
-            log(f"step {result.steps}/{total_steps}: loss {step_loss:.4f}, {result.tokens / elapsed:.0f} tokens/s")
-            last_log = time.perf_counter()
-    result.tokens_per_s = result.tokens / (time.perf_counter() - train_started)
-    if eval_set:
-        result.eval_loss = mean_loss(model, eval_set, pad_id, config.batch_size, config.precision)
-        log(f"eval loss {result.eval_loss:.4f} on {len(eval_set)} held-out examples")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)
-    result.wall_s = time.perf_counter() - started
-    result.model = model
-    return result

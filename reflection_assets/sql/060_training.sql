@@ -5,7 +5,7 @@ CREATE TABLE IF NOT EXISTS training.adapters (
     adapter_id        VARCHAR PRIMARY KEY,   -- sha256(variant, data fingerprint, config)[:16]
     dataset           VARCHAR NOT NULL,
     variant           VARCHAR NOT NULL,      -- baseline (original data) or recycled
-    path              VARCHAR NOT NULL,      -- loadable with PeftModel.from_pretrained
+    path              VARCHAR NOT NULL,      -- PeftModel.from_pretrained (lora, qlora), from_pretrained (full)
     base_model        VARCHAR NOT NULL,
     data_fingerprint  VARCHAR NOT NULL,      -- sha256 of the training rows
     records           INTEGER NOT NULL,
@@ -19,6 +19,11 @@ CREATE TABLE IF NOT EXISTS training.adapters (
     wall_s            DOUBLE NOT NULL,
     created_at        TIMESTAMP NOT NULL DEFAULT current_timestamp
 );
+-- Added with the trainer in its own process (NULL for adapters trained before).
+ALTER TABLE training.adapters ADD COLUMN IF NOT EXISTS method VARCHAR;             -- lora, qlora or full (path: a model folder)
+ALTER TABLE training.adapters ADD COLUMN IF NOT EXISTS world_size INTEGER;         -- training processes
+ALTER TABLE training.adapters ADD COLUMN IF NOT EXISTS resumed_from_step INTEGER;  -- 0: trained in one go
+ALTER TABLE training.adapters ADD COLUMN IF NOT EXISTS tokens_per_s DOUBLE;        -- training steps only
 
 -- Which records trained which adapter: lineage from a record to the models it shaped.
 CREATE TABLE IF NOT EXISTS training.adapter_records (
