@@ -117,7 +117,10 @@ def launch_command(config: TrainConfig, spec: Path) -> list[str]:
         return [sys.executable, "-m", "torch.distributed.run", "--standalone",
                 f"--nproc-per-node={config.processes}", *module]
     if config.launcher == "accelerate":
-        extra = ["--config_file", config.accelerate_config] if config.accelerate_config else []
+        # Without a config file, accelerate needs --multi_gpu to start several processes (it
+        # then runs them through torch.distributed, on CPUs too); with one, the file decides.
+        extra = (["--config_file", config.accelerate_config] if config.accelerate_config
+                 else ["--multi_gpu"] if config.processes > 1 else [])
         return [sys.executable, "-m", "accelerate.commands.launch", *extra,
                 f"--num_processes={config.processes}", *module]
     return [sys.executable, *module]

@@ -183,3 +183,29 @@ def test_full_fine_tuning_leaves_a_model_the_benchmark_answers_with(env, tmp_pat
     tuned = dict(loaded.lm().named_parameters())
     changed = [name for name, p in base.named_parameters() if not torch.equal(p, tuned[name].to(p.dtype))]
     assert changed  # the benchmark answered with the fine-tuned weights, not the base's
+
+
+def test_accelerate_launches_the_same_training(tmp_path, shared_artifacts, tiny_student):
+    """`launcher: accelerate` (no config file: --multi_gpu, which runs on CPUs through
+    torch.distributed too) trains in 2 processes what one process trains here."""
+    from reflection_assets.engines import trainer
+    from reflection_assets.engines.adapters import run_process
+    from tests.integration.test_adapters import train_here
+
+    rows = [(f"{i:08x}", r["instruction"], r["input"], r["output"]) for i, r in enumerate(ROWS)]
+    recipe = TrainConfig(base_model=str(tiny_student), max_steps=4, batch_size=4, learning_rate=5e-3,
+                         lora_dropout=0.0, save_steps=0, eval_fraction=0.0)
+    alone = train_here(recipe, shared_artifacts, rows, tmp_path / "alone")
+    config = TrainConfig(**{**recipe.as_dict(), "target_modules": recipe.target_modules,
+                            "launcher": "accelerate", "processes": 2})
+    staging = tmp_path / "accelerate"
+    staging.mkdir()
+    trainer.write_rows(staging / trainer.ROWS, rows)
+    trainer.TrainSpec(config.as_dict(), str(shared_artifacts), "test / baseline").save(staging)
+    command = trainer.launch_command(config, staging / trainer.SPEC)
+    assert command[1:5] == ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes=2"]
+    run_process(command, {})
+    result = json.loads((staging / trainer.RESULT).read_text())
+    assert result["world_size"] == 2 and result["examples_per_process"] == [8, 8]
+    # the tolerance of test_two_processes_train_what_one_does, for the same reason
+    assert max(abs(a - b) for a, b in zip(alone["train_losses"], result["train_losses"], strict=True)) < 1e-3
