@@ -17,7 +17,7 @@ from reflection_assets.assets.oracles import llm_client
 from reflection_assets.assets.partitions import DATASETS
 from reflection_assets.assets.resources import OWNER, JudgeResource, StorageResource, step_pool
 from reflection_assets.engines.answers import GenerationSettings
-from reflection_assets.engines.benchmark import plot_scores, run_benchmark
+from reflection_assets.engines.benchmark import REFERENCE, plot_scores, run_benchmark, significance
 from reflection_assets.engines.reflection_store import judge_served_by
 from reflection_assets.engines.testsets import BUNDLED_TESTSET, TestsetError, TestsetRegistry
 
@@ -40,6 +40,10 @@ class BenchmarkConfig(dg.Config):
     compare_base: bool = False
     """Also judge both adapters against the base model without adapter."""
     loss_max_length: int = 512
+    bootstrap_resamples: int = 2000
+    """Resamples of the paired bootstrap over prompts that gives each score its 95% interval."""
+    bootstrap_seed: int = 0
+    """The bootstrap's seed: the same outcomes always give the same interval."""
 
 
 def _testsets(storage: StorageResource, config: BenchmarkConfig) -> dict:
@@ -54,7 +58,11 @@ def _testsets(storage: StorageResource, config: BenchmarkConfig) -> dict:
 
 
 def _score_table(scores: pl.DataFrame) -> pl.DataFrame:
-    return scores.with_columns(pl.col("winning_score").round(3))
+    return scores.with_columns(
+        pl.col("winning_score", "winning_score_low", "winning_score_high", "win_rate", "win_rate_low",
+               "win_rate_high").round(3),
+        pl.col("p_value").round(4),
+    )
 
 
 @dg.asset(
@@ -83,8 +91,10 @@ def benchmark_scores(
     prompt of the test sets (greedy; answers kept in bench.answers by adapter and prompt,
     never generated twice); the judge rates each pair
     in both orders (METHOD.md section 4) and each prompt is a win, tie, lose or unparsed;
-    winning score = (win - lose) / judged + 1 per test set and category. Also each adapter's
-    loss on held-out reference answers. Tables: bench.runs, bench.judgments, bench.outcomes,
+    winning score = (win - lose) / judged + 1 per test set and category, with its 95%
+    paired-bootstrap interval and the sign test's p-value. Test sets with reference answers
+    also judge each adapter against them (`*_vs_reference`, with the win rate). Also each
+    adapter's loss on held-out reference answers. Tables: bench.runs, bench.judgments, bench.outcomes,
     bench.scores, bench.heldout_loss (DuckDB)."""
     dataset = context.partition_key
     with user_errors_fail_the_step():
@@ -100,14 +110,20 @@ def benchmark_scores(
             compare_base=config.compare_base,
             loss_max_length=config.loss_max_length,
             log=context.log.info,
+            resamples=config.bootstrap_resamples,
+            seed=config.bootstrap_seed,
         )
     headline = result.headline()
     score = headline["winning_score"] if headline else None
+    reading = significance(score, headline["winning_score_ci"], headline["judged"]) if headline else "nothing judged"
     selective = result.headline("selective_vs_baseline")
     metadata = {
         "dagster/row_count": result.scores.height,
         "benchmark_run": result.run_id,
         "winning_score": dg.MetadataValue.float(score) if score is not None else "n/a (nothing judged)",
+        "winning_score_ci": dg.MetadataValue.json(headline["winning_score_ci"]) if score is not None else "n/a",
+        "p_value": dg.MetadataValue.float(headline["p_value"]) if headline else "n/a",
+        "significance": reading,
         "win_tie_lose_unparsed": " / ".join(str(headline[k]) for k in ("win", "tie", "lose", "unparsed"))
         if headline
         else "n/a",
@@ -134,12 +150,25 @@ def benchmark_scores(
         chart = Path(folder) / "scores.png"
         plot_scores(result.scores, chart)
         metadata["win_tie_lose"] = png_markdown(chart, "win, tie and lose against the baseline per test set")
+    for reference in (f"{name}_vs_{REFERENCE}" for name in ("baseline", "recycled", "selective")):
+        against = result.headline(reference)
+        if against is not None and against["win_rate"] is not None:
+            low, high = against["win_rate_ci"]
+            metadata[f"{reference}_win_rate"] = f"{against['win_rate']:.3f} [{low:.3f}, {high:.3f}]"
+    # Passes only when the interval's lower end is above 1: a score above 1 by chance is not
+    # recycling helping.
     check = dg.AssetCheckResult(
         check_name=CHECK,
-        passed=score is not None and score > 1,
+        passed=score is not None and headline["winning_score_ci"][0] > 1,
         severity=dg.AssetCheckSeverity.WARN,
-        metadata={"winning_score": score if score is not None else -1.0, "judge_model": client.settings.model},
-        description="nothing could be judged" if score is None else f"winning score {score:.3f}",
+        metadata={
+            "winning_score": score if score is not None else -1.0,
+            "winning_score_ci": dg.MetadataValue.json(headline["winning_score_ci"] if score is not None else None),
+            "p_value": headline["p_value"] if headline else 1.0,
+            "significance": reading,
+            "judge_model": client.settings.model,
+        },
+        description=reading,
     )
     return dg.MaterializeResult(
         metadata=metadata, check_results=[check], data_version=dg.DataVersion(result.run_id)

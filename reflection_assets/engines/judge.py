@@ -97,6 +97,8 @@ def judge_all(
         comparison = f"{test}_vs_{ref}"
         for testset, prompts in testsets.items():
             for prompt in prompts:
+                if prompt.prompt_hash not in answers[ref] and ref == "reference":
+                    continue  # a prompt without a reference answer is judged against the models only
                 a_test, a_ref = answers[test][prompt.prompt_hash], answers[ref][prompt.prompt_hash]
                 for test_first in (True, False):
                     shown = (a_test, a_ref) if test_first else (a_ref, a_test)

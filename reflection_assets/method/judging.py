@@ -4,6 +4,7 @@ the winning score. Pure: no I/O."""
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -166,3 +167,56 @@ class Tally:
         if unknown:
             raise ValueError(f"unknown outcome(s): {sorted(unknown)}")
         return cls(*(outcomes.count(name) for name in OUTCOMES))
+
+    @property
+    def win_rate(self) -> float | None:
+        """AlpacaEval's figure against reference answers: (wins + ties / 2) / judged."""
+        return None if self.judged == 0 else (self.win + self.tie / 2) / self.judged
+
+
+# ---------------------------------------------------------------- uncertainty
+
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 0
+CONFIDENCE = 0.95
+
+
+@dataclass(frozen=True)
+class Interval:
+    low: float
+    high: float
+
+
+def bootstrap_intervals(
+    tally: Tally, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED, confidence: float = CONFIDENCE
+) -> tuple[Interval, Interval] | None:
+    """95% intervals of the winning score and of the win rate, from a paired bootstrap over
+    the judged prompts: each resample draws N prompts with replacement (each prompt's outcome
+    already pairs the two models on it) and recomputes both figures; the interval is the
+    resamples' percentiles, widened where needed to hold the score itself. A resample of N
+    prompts is a multinomial draw of (win, tie, lose) with the observed shares, which is how
+    it is drawn. None when nothing was judged."""
+    n = tally.judged
+    if n == 0:
+        return None
+    import numpy as np
+
+    counts = np.random.default_rng(seed).multinomial(n, [tally.win / n, tally.tie / n, tally.lose / n], size=resamples)
+    win, tie, lose = counts[:, 0], counts[:, 1], counts[:, 2]
+    tails = [100 * (1 - confidence) / 2, 100 * (1 + confidence) / 2]
+    intervals = []
+    for values, point in (((win - lose) / n + 1, tally.winning_score), ((win + tie / 2) / n, tally.win_rate)):
+        low, high = (float(v) for v in np.percentile(values, tails))
+        intervals.append(Interval(min(low, point), max(high, point)))
+    return intervals[0], intervals[1]
+
+
+def sign_test(win: int, lose: int) -> float:
+    """Two-sided sign test of wins against losses (ties left out): the probability, were
+    either model as likely to win a prompt, of a split at least this uneven. 1.0 when no
+    prompt was won or lost."""
+    n = win + lose
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(win, lose) + 1))
+    return min(1.0, 2 * tail / 2**n)

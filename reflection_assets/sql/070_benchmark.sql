@@ -70,6 +70,15 @@ CREATE TABLE IF NOT EXISTS bench.scores (
     unparsed       INTEGER NOT NULL,
     winning_score  DOUBLE            -- NULL when no prompt was judged in both orders
 );
+-- Added with the error bars (NULL in runs stored before): the 95% paired-bootstrap interval
+-- of the winning score and of the win rate ((win + tie / 2) / judged, the figure against
+-- reference answers), and the two-sided sign test of wins against losses.
+ALTER TABLE bench.scores ADD COLUMN IF NOT EXISTS winning_score_low DOUBLE;
+ALTER TABLE bench.scores ADD COLUMN IF NOT EXISTS winning_score_high DOUBLE;
+ALTER TABLE bench.scores ADD COLUMN IF NOT EXISTS win_rate DOUBLE;
+ALTER TABLE bench.scores ADD COLUMN IF NOT EXISTS win_rate_low DOUBLE;
+ALTER TABLE bench.scores ADD COLUMN IF NOT EXISTS win_rate_high DOUBLE;
+ALTER TABLE bench.scores ADD COLUMN IF NOT EXISTS p_value DOUBLE;
 
 -- Mean response-token loss of each model on reference answers it never trained on.
 CREATE TABLE IF NOT EXISTS bench.heldout_loss (

@@ -111,3 +111,50 @@ def test_prompt_carries_question_answers_and_criteria():
     for criterion in ("helpfulness", "relevance", "accuracy", "level of detail"):
         assert criterion in text
     assert "first line" in text
+
+
+def test_sign_test_against_values_computed_by_hand():
+    from reflection_assets.method.judging import sign_test
+
+    # n = 10 decided prompts, 1 lost: 2 x (C(10,0) + C(10,1)) / 2^10 = 2 x 11 / 1024
+    assert sign_test(9, 1) == pytest.approx(22 / 1024)
+    assert sign_test(1, 9) == sign_test(9, 1)  # two-sided: symmetric
+    # n = 5, 0 lost: 2 x 1 / 32
+    assert sign_test(5, 0) == pytest.approx(2 / 32)
+    # 16 wins, 6 losses (the demo's split): 2 x sum_{k<=6} C(22,k) / 2^22
+    assert sign_test(16, 6) == pytest.approx(2 * (1 + 22 + 231 + 1540 + 7315 + 26334 + 74613) / 2**22)
+    assert sign_test(16, 6) == pytest.approx(0.0524788, abs=1e-7)  # 220112 / 4194304
+    assert sign_test(3, 3) == 1.0 and sign_test(0, 0) == 1.0  # an even split; nothing decided
+
+
+def test_bootstrap_intervals_are_seeded_contain_the_score_and_shrink_with_more_prompts():
+    import math
+
+    from reflection_assets.method.judging import Tally, bootstrap_intervals
+
+    tally = Tally(win=16, tie=23, lose=6)  # the demo's 45 prompts
+    score_ci, rate_ci = bootstrap_intervals(tally, resamples=2000, seed=0)
+    assert bootstrap_intervals(tally, resamples=2000, seed=0) == (score_ci, rate_ci)  # seeded
+    assert bootstrap_intervals(tally, resamples=2000, seed=1) != (score_ci, rate_ci)
+    assert score_ci.low <= tally.winning_score <= score_ci.high
+    assert rate_ci.low <= tally.win_rate <= rate_ci.high
+    # By hand: per prompt x = +1 (win), 0 (tie), -1 (lose); the score is mean(x) + 1, whose
+    # standard error is sd(x) / sqrt(n). The percentile interval of 2,000 resamples lies
+    # within 0.03 of the normal one, mean +- 1.96 se.
+    n = tally.judged
+    mean = (tally.win - tally.lose) / n
+    se = math.sqrt(((tally.win + tally.lose) / n - mean**2) / n)
+    assert score_ci.low == pytest.approx(mean + 1 - 1.96 * se, abs=0.03)
+    assert score_ci.high == pytest.approx(mean + 1 + 1.96 * se, abs=0.03)
+    # The win rate is (1 + mean(x)) / 2 prompt by prompt: its interval is the score's, halved.
+    assert rate_ci.low == pytest.approx((score_ci.low) / 2) and rate_ci.high == pytest.approx(score_ci.high / 2)
+    bigger, _ = bootstrap_intervals(Tally(win=160, tie=230, lose=60))
+    assert bigger.high - bigger.low < (score_ci.high - score_ci.low) / 2
+    # Every outcome alike: no spread, and the interval is the score itself.
+    sure, _ = bootstrap_intervals(Tally(win=7))
+    assert (sure.low, sure.high) == (2.0, 2.0)
+    for win, tie, lose in ((1, 0, 0), (0, 3, 1), (2, 5, 9), (40, 0, 1)):
+        one = Tally(win, tie, lose)
+        found, _ = bootstrap_intervals(one, resamples=200, seed=3)
+        assert found.low <= one.winning_score <= found.high
+    assert bootstrap_intervals(Tally(unparsed=4)) is None
