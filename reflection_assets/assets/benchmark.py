@@ -19,6 +19,7 @@ from reflection_assets.assets.resources import OWNER, JudgeResource, StorageReso
 from reflection_assets.engines.answers import GenerationSettings
 from reflection_assets.engines.benchmark import REFERENCE, plot_scores, run_benchmark, significance
 from reflection_assets.engines.reflection_store import judge_served_by
+from reflection_assets.engines.served_answers import AnswersBackend
 from reflection_assets.engines.testsets import BUNDLED_TESTSET, TestsetError, TestsetRegistry
 
 CHECK = "recycled_beats_baseline"
@@ -99,6 +100,7 @@ def benchmark_scores(
     dataset = context.partition_key
     with user_errors_fail_the_step():
         testsets = _testsets(storage, config)
+        answers_backend = AnswersBackend.from_env()
         client = llm_client(context, "judge", judge, storage)
         result = run_benchmark(
             storage.db(),
@@ -112,6 +114,7 @@ def benchmark_scores(
             log=context.log.info,
             resamples=config.bootstrap_resamples,
             seed=config.bootstrap_seed,
+            answers_backend=answers_backend,
         )
     headline = result.headline()
     score = headline["winning_score"] if headline else None
@@ -140,6 +143,7 @@ def benchmark_scores(
         "judge_served_by": judge_served_by(storage.db(), result.run_id),
         "prompts": result.prompts,
         "answers_generated": result.generated,
+        "answers_backend": answers_backend.kind,
         "judge_requests": result.judge_requests,
         "scores": markdown_table(_score_table(result.scores.filter(pl.col("category") == "all"))),
         "scores_by_category": markdown_table(_score_table(result.scores.filter(pl.col("category") != "all"))),

@@ -71,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     adapters.add_argument("--dataset", help="one registered dataset (default: all)")
     adapters.add_argument("--all", action="store_true", help="every adapter trained, not only the current ones")
     adapters.add_argument("--json", action="store_true", help="one JSON array, every registry field")
+    adapters.add_argument(
+        "--serve-args", action="store_true",
+        help="the vLLM arguments that serve exactly these adapters, each under its adapter id "
+        "(--enable-lora --max-lora-rank R --lora-modules ID=PATH ...): for REFLECTION_ANSWERS_BACKEND=openai",
+    )
     adapters.set_defaults(func=cmd_adapters)
 
     run = sub.add_parser("run", help="materialize assets headless, as the UI would")

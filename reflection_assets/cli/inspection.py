@@ -66,7 +66,9 @@ def cmd_adapters(args: argparse.Namespace) -> int:
         return 0
     if not rows:
         print("no adapters yet: materialize baseline_adapter, recycled_adapter or selective_adapter")
-        return 0
+        return 0 if not args.serve_args else 1
+    if args.serve_args:
+        return _print_serve_args(rows)
     for row in rows:
         method = row["method"] or "lora"
         processes = f", {row['world_size']} processes" if (row["world_size"] or 1) > 1 else ""
@@ -75,6 +77,33 @@ def cmd_adapters(args: argparse.Namespace) -> int:
         print(f"{row['dataset']} / {row['variant']}{'' if row['current'] else ' (not current)'}: {row['adapter_id']} "
               f"({method} on {row['base_model']}, {row['records']} records, {row['steps']} steps{processes}{resumed}; "
               f"train loss {row['train_loss']:.3f}, eval loss {eval_loss})\n    {row['path']}")
+    return 0
+
+
+def _print_serve_args(rows: list[dict]) -> int:
+    """vLLM's arguments for the LoRA adapters among `rows` (one line, for `$(...)`); a full
+    model is a model of its own, served by its own server, which stderr says."""
+    import shlex
+
+    lora = [r for r in rows if (r["method"] or "lora") != "full"]
+    for row in rows:
+        if row not in lora:
+            print(f"{row['dataset']} / {row['variant']} ({row['adapter_id']}) is a whole model (method full), not an "
+                  f"adapter: serve it on its own, e.g. vllm serve {shlex.quote(row['path'])} --served-model-name "
+                  f"{row['adapter_id']}", file=sys.stderr)
+    bases = sorted({r["base_model"] for r in lora})
+    if len(bases) > 1:
+        print(f"the adapters have different base models ({', '.join(bases)}): one server serves one base; "
+              "pass --dataset", file=sys.stderr)
+        return 1
+    if not lora:
+        return 1
+    # vLLM takes these ranks only: the next one up from the largest adapter's.
+    largest = max(int(r["config"].get("lora_rank", 8)) for r in lora)
+    rank = next((r for r in (8, 16, 32, 64, 128, 256, 320, 512) if r >= largest), largest)
+    modules = [f"{r['adapter_id']}={r['path']}" for r in lora]
+    print(" ".join(["--enable-lora", "--max-lora-rank", str(rank), "--max-loras", str(len(modules)),
+                    "--lora-modules", *(shlex.quote(m) for m in modules)]))
     return 0
 
 

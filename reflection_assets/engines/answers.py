@@ -32,9 +32,11 @@ class GenerationSettings:
     batch_size: int = 16
     dtype: str = "auto"  # auto: bfloat16 where the hardware has it
 
-    def key(self, layout: str, resolved_dtype: str) -> str:
+    def key(self, layout: str, resolved_dtype: str, backend: dict[str, str] | None = None) -> str:
+        """What made an answer: greedy decoding, the length limit, the layout, the precision
+        (the local backend) or the backend that served it (a server: `{"backend": "openai"}`)."""
         settings = {"decoding": "greedy", "max_new_tokens": self.max_new_tokens, "dtype": resolved_dtype, "layout": layout}
-        return json_digest(settings, ascii=True)
+        return json_digest({**settings, **(backend or {})}, ascii=True)
 
 
 @dataclass(frozen=True)
@@ -172,10 +174,15 @@ def answer_all(
     settings: GenerationSettings,
     dtype: str,
     log: Log,
+    backend=None,
 ) -> tuple[dict[str, str], int]:
-    """{prompt_hash: answer} for every prompt, generating only what is not stored yet."""
-    loaded.tokenizer()
-    generation_key = settings.key(loaded.layout or "", dtype)
+    """{prompt_hash: answer} for every prompt, generating only what is not stored yet:
+    with transformers here, or asked of a server (`backend`, engines/served_answers.py)."""
+    if backend is not None and backend.served:
+        generation_key = settings.key("chat", "served", backend.key_part())
+    else:
+        loaded.tokenizer()
+        generation_key = settings.key(loaded.layout or "", dtype)
     unique = {p.prompt_hash: p.text for p in prompts}
     with db.connect() as con:
         stored = dict(
@@ -187,12 +194,21 @@ def answer_all(
     missing = [(h, t) for h, t in unique.items() if h not in stored]
     if missing:
         log(f"{loaded.model.name}: generating {len(missing)} answers ({len(unique) - len(missing)} stored)")
-    tokenizer = loaded.tokenizer() if missing else None
-    # Similar lengths together: less padding in each batch.
-    missing.sort(key=lambda item: len(tokenizer(item[1])["input_ids"]) if tokenizer else 0)
-    for start in range(0, len(missing), settings.batch_size):
-        batch = missing[start : start + settings.batch_size]
-        answers = loaded.generate([t for _, t in batch], settings, dtype)
+    served = backend is not None and backend.served
+    if served:  # the server batches by itself: every request at once, as many in flight as allowed
+        from reflection_assets.engines.served_answers import served_answers
+
+        step = max(1, len(missing))
+    else:
+        tokenizer = loaded.tokenizer() if missing else None
+        # Similar lengths together: less padding in each batch.
+        missing.sort(key=lambda item: len(tokenizer(item[1])["input_ids"]) if tokenizer else 0)
+        step = settings.batch_size
+    for start in range(0, len(missing), step):
+        batch = missing[start : start + step]
+        texts = [t for _, t in batch]
+        answers = (served_answers(db, loaded.artifacts, backend, loaded.model, texts, settings, log) if served
+                   else loaded.generate(texts, settings, dtype))
         frame = pl.DataFrame(  # noqa: F841 (read by DuckDB by its name)
             {
                 "model_key": [loaded.model.key] * len(batch),
@@ -202,12 +218,13 @@ def answer_all(
                 "answer": [a for a, _, _ in answers],
                 "finish_reason": [f for _, f, _ in answers],
                 "new_tokens": [n for _, _, n in answers],
+                "backend": [backend.kind if served else "local"] * len(batch),
             }
         )
         with db.connect() as con:  # each batch is kept as soon as it exists
             con.execute(
                 "INSERT OR REPLACE INTO bench.answers (model_key, prompt_hash, generation_key, prompt, answer, "
-                "finish_reason, new_tokens) SELECT * FROM frame"
+                "finish_reason, new_tokens, backend) SELECT * FROM frame"
             )
         stored.update({h: a for (h, _), (a, _, _) in zip(batch, answers, strict=True)})
         log(f"{loaded.model.name}: {min(start + len(batch), len(missing))}/{len(missing)} answers generated")

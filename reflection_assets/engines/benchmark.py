@@ -27,6 +27,7 @@ from reflection_assets.engines.answers import (
     models_for,
 )
 from reflection_assets.engines.judge import judge_all
+from reflection_assets.engines.served_answers import AnswersBackend
 from reflection_assets.engines.oracle.client import OracleClient
 from reflection_assets.engines.storage import Database
 from reflection_assets.engines.testsets import TestPrompt
@@ -148,6 +149,7 @@ def run_benchmark(
     log: Log = print,
     resamples: int = BOOTSTRAP_RESAMPLES,
     seed: int = BOOTSTRAP_SEED,
+    answers_backend: AnswersBackend | None = None,
 ) -> BenchmarkResult:
     from reflection_assets.engines.oracle.settings import resolve_dtype
 
@@ -163,10 +165,10 @@ def run_benchmark(
     comparisons = comparisons_for(models, bool(references))
     dtype = resolve_dtype(generation.dtype)
     judge_fingerprint = judge.fingerprint(judge_version(judge.settings.prompt_profile))
-    run_id = _digest(
-        [dataset, [m.key for m in models], judge_fingerprint, asdict(generation), dtype,
-         {name: [asdict(p) for p in prompts] for name, prompts in testsets.items()}]
-    )
+    backend = answers_backend or AnswersBackend()
+    identity = [dataset, [m.key for m in models], judge_fingerprint, asdict(generation), dtype,
+                {name: [asdict(p) for p in prompts] for name, prompts in testsets.items()}]
+    run_id = _digest(identity + [backend.key_part()] if backend.served else identity)
     answers: dict[str, dict[str, str]] = {REFERENCE: references} if references else {}
     generated = 0
     holdout = max(m.holdout_fraction for m in models)
@@ -175,11 +177,15 @@ def run_benchmark(
     for model in models:
         loaded = LoadedModel(model, artifacts, log)
         # The loss first, on the float32 weights (bfloat16 autocast, as in training); then
-        # generation, which may turn the weights to bfloat16.
-        losses += heldout_loss(db, loaded, heldout_pairs, loss_max_length, "auto")
-        answers[model.name], made = answer_all(db, loaded, everything, generation, dtype, log)
+        # generation, which may turn the weights to bfloat16. With answers from a server the
+        # models are not loaded here at all, and the loss (which needs them) is not measured.
+        if not backend.served:
+            losses += heldout_loss(db, loaded, heldout_pairs, loss_max_length, "auto")
+        answers[model.name], made = answer_all(db, loaded, everything, generation, dtype, log, backend)
         generated += made
         del loaded  # one model in memory at a time
+    if backend.served:
+        log("held-out loss not measured: the answers came from a server (it needs the models here)")
     log(f"judging {len(comparisons)} comparison(s) on {len(everything)} prompts, both orders"
         + (f" ({len(references)} with a reference answer)" if references else ""))
     judgments, outcomes, counts = judge_all(judge, testsets, answers, comparisons)

@@ -12,6 +12,9 @@ CREATE TABLE IF NOT EXISTS bench.answers (
     created_at      TIMESTAMP NOT NULL DEFAULT current_timestamp,
     PRIMARY KEY (model_key, prompt_hash, generation_key)
 );
+-- What made the answer: local (transformers' generate) or openai (a server); NULL before.
+ALTER TABLE bench.answers ADD COLUMN IF NOT EXISTS backend VARCHAR;
+
 
 -- One benchmark run: a dataset's adapters, judged by one judge on some test sets. The id is
 -- a hash of all of that, so re-materializing the same inputs replaces the same rows.

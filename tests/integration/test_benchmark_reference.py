@@ -2,9 +2,14 @@
 generator) carries reference answers, and benchmark_scores judges every adapter against
 them in both orders (`*_vs_reference`), with the win rate and its interval beside the
 winning score. The judge is scripted: it prefers the reference on some prompts, the model
-on others; the student is the two-layer test model."""
+on others; the student is the two-layer test model.
+
+Then the answers come from a server (REFLECTION_ANSWERS_BACKEND=openai, a scripted
+OpenAI-compatible server): each adapter is asked by its adapter id, the stored answers
+name the backend, and a re-run sends nothing."""
 
 import json
+from pathlib import Path
 
 import dagster as dg
 import duckdb
@@ -66,14 +71,26 @@ def test_adapters_are_judged_against_the_reference_answers(home, instance, oracl
     adapter = {"max_steps": 2, "batch_size": 4, "base_model": str(tiny_student), "save_steps": 0}
     settings = {"baseline_adapter": adapter, "recycled_adapter": adapter,
                 "benchmark_scores": {"testsets": ["ae"], "max_new_tokens": 6}}
-    with FakeOpenAI(responder=respond) as server:
-        for name, value in {"BACKEND": "openai", "MODEL": "judge-x", "BASE_URL": server.base_url,
-                            "API_KEY": "sk-test"}.items():
-            monkeypatch.setenv(f"REFLECTION_JUDGE_{name}", value)
-        keys = [dg.AssetKey(n) for n in ("baseline_adapter", "recycled_adapter", "benchmark_scores")]
-        [outcome] = run_dataset_partition(instance, defs, JOB_FOR_PARTITIONS[DATASETS], keys, "tagged", "WARNING",
-                                          settings)
+    judge_server = FakeOpenAI(responder=respond).__enter__()
+    for name, value in {"BACKEND": "openai", "MODEL": "judge-x", "BASE_URL": judge_server.base_url,
+                        "API_KEY": "sk-test"}.items():
+        monkeypatch.setenv(f"REFLECTION_JUDGE_{name}", value)
+
+    def materialize(names=("baseline_adapter", "recycled_adapter", "benchmark_scores")):
+        [outcome] = run_dataset_partition(instance, defs, JOB_FOR_PARTITIONS[DATASETS],
+                                          [dg.AssetKey(n) for n in names], "tagged", "WARNING", settings)
         assert outcome.success, outcome.error
+
+    try:
+        materialize()
+        check_the_reference_comparison(home, instance, capsys)
+        answers_from_a_server(home, instance, monkeypatch, capsys, materialize, judge_server)
+    finally:
+        judge_server.__exit__(None, None, None)
+
+
+def check_the_reference_comparison(home, instance, capsys):
+    from reflection_assets.cli import main
 
     with duckdb.connect(str(home / "reflection.duckdb")) as con:
         scores = {c: rest for c, *rest in con.execute(
@@ -102,3 +119,50 @@ def test_adapters_are_judged_against_the_reference_answers(home, instance, oracl
     printed = capsys.readouterr().out
     assert "recycled_vs_reference" in printed and "win rate 0.417 [" in printed
     assert "recycled_vs_baseline (ae): no significant difference on 6 prompts" in printed
+
+
+def answers_from_a_server(home, instance, monkeypatch, capsys, materialize, judge_server):
+    from reflection_assets.cli import main
+
+    asked: list[str] = []
+
+    def answer(body: dict) -> str:
+        asked.append(body["model"])
+        assert body["temperature"] == 0 and body["max_tokens"] == 6  # greedy, the local max_new_tokens
+        return f"{body['model'][:6]} says: {body['messages'][-1]['content']}"
+
+    with FakeOpenAI(responder=answer) as server:
+        monkeypatch.setenv("REFLECTION_ANSWERS_BACKEND", "openai")
+        monkeypatch.setenv("REFLECTION_ANSWERS_BASE_URL", server.base_url)
+        monkeypatch.setenv("REFLECTION_ANSWERS_API_KEY", "sk-answers-secret")
+        materialize(["benchmark_scores"])
+        with duckdb.connect(str(home / "reflection.duckdb")) as con:
+            current = dict(con.execute("SELECT variant, adapter_id FROM training.current_adapters").fetchall())
+            served = con.execute(
+                "SELECT model_key, count(*) FROM bench.answers WHERE backend = 'openai' GROUP BY 1 ORDER BY 1"
+            ).fetchall()
+            answer = con.execute(
+                "SELECT answer FROM bench.answers WHERE backend = 'openai' AND model_key = ? LIMIT 1",
+                [current["recycled"]],
+            ).fetchone()[0]
+            secrets = con.execute("SELECT count(*) FROM oracle.replies WHERE request_json LIKE '%sk-answers%'").fetchone()
+        # Each adapter was requested as the model named by its adapter id, once per prompt.
+        assert sorted(asked) == sorted([current["baseline"]] * len(EVAL) + [current["recycled"]] * len(EVAL))
+        assert served == sorted([(current["baseline"], len(EVAL)), (current["recycled"], len(EVAL))])
+        assert answer.startswith(current["recycled"][:6] + " says: ")
+        assert secrets == (0,)
+        md = instance.get_latest_materialization_event(dg.AssetKey("benchmark_scores")).asset_materialization.metadata
+        assert md["answers_backend"].value == "openai" and md["answers_generated"].value == 2 * len(EVAL)
+
+        # A re-run asks the server nothing, and the judge nothing new.
+        sent, judged = server.request_count, judge_server.request_count
+        materialize(["benchmark_scores"])
+        assert server.request_count == sent and judge_server.request_count == judged
+
+    capsys.readouterr()
+    assert main(["adapters", "--dataset", "tagged", "--serve-args"]) == 0
+    printed = capsys.readouterr().out.split()
+    assert printed[:5] == ["--enable-lora", "--max-lora-rank", "8", "--max-loras", "2"]
+    modules = printed[printed.index("--lora-modules") + 1:]
+    assert sorted(m.split("=", 1)[0] for m in modules) == sorted(current.values())
+    assert all(Path(m.split("=", 1)[1], "adapter_config.json").exists() for m in modules)

@@ -5,6 +5,7 @@ import dataclasses
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 
 from reflection_assets.assets.adapters import MAIN_JOB_MAX_STEPS, AdapterConfig
@@ -84,3 +85,25 @@ def test_resources_name_the_variables_they_come_from():
     assert judge.max_tokens.env_var_name == "REFLECTION_ORACLE_MAX_TOKENS"  # the judge falls back
     storage = StorageResource.from_environment(environ)
     assert storage.database.env_var_name == "REFLECTION_DUCKDB" and storage.artifacts == ""
+
+
+def test_the_answers_backend_is_read_from_the_environment_and_checked():
+    from reflection_assets.engines.answers import BenchmarkError, Model
+    from reflection_assets.engines.served_answers import AnswersBackend
+
+    assert AnswersBackend.from_env({}) == AnswersBackend() and not AnswersBackend().served
+    assert AnswersBackend().key_part() == {}  # local answers keep the keys they always had
+    served = AnswersBackend.from_env({"REFLECTION_ANSWERS_BACKEND": "openai", "REFLECTION_ANSWERS_BASE_URL": "http://h/v1",
+                                      "REFLECTION_ANSWERS_API_KEY": "sk-x", "REFLECTION_ANSWERS_MAX_CONCURRENCY": "8"})
+    assert served.served and served.max_concurrency == 8 and served.key_part() == {"backend": "openai"}
+    assert "sk-x" not in repr(served)
+    adapter = Model("recycled", "0123456789abcdef", "base", "auto", adapter_path=Path("/a"))
+    assert served.served_name(adapter) == "0123456789abcdef"
+    with pytest.raises(BenchmarkError, match="compare_base .* needs REFLECTION_ANSWERS_MODEL"):
+        served.served_name(Model("base", "base:b", "b", "auto"))
+    with pytest.raises(BenchmarkError, match="REFLECTION_ANSWERS_BACKEND='vllm': expected one of local, openai"):
+        AnswersBackend.from_env({"REFLECTION_ANSWERS_BACKEND": "vllm"})
+    with pytest.raises(BenchmarkError, match="needs REFLECTION_ANSWERS_BASE_URL"):
+        AnswersBackend.from_env({"REFLECTION_ANSWERS_BACKEND": "openai"})
+    with pytest.raises(BenchmarkError, match="MAX_CONCURRENCY='0'"):
+        AnswersBackend.from_env({"REFLECTION_ANSWERS_MAX_CONCURRENCY": "0"})
