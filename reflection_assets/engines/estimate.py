@@ -524,17 +524,19 @@ class JudgePlan:
 
 def observe_judge(make_observer: Callable[[], _Observer], db: Database, dataset: str, plan: JudgePlan) -> _Observed:
     """The judge's requests as benchmark_scores makes them: every comparison of the adapters
-    the main job evaluates (recycled and selective against the baseline, and against the base
-    model with compare_base), both orders. Answers already generated are used as they are;
+    the main job evaluates (recycled and selective against the baseline, against the base
+    model with compare_base, and every adapter against the test sets' reference answers where
+    they carry some), both orders. Answers already generated are used as they are;
     the others stand in at the mean length of the answers stored so far (else at the length
     limit, 4 characters a token), each distinct, so that nothing is taken as cached."""
     from reflection_assets.engines.answers import Model
-    from reflection_assets.engines.benchmark import comparisons_for
+    from reflection_assets.engines.benchmark import REFERENCE, comparisons_for
     from reflection_assets.engines.judge import judge_all
 
     names = ["baseline", "recycled", "selective"] + (["base"] if plan.compare_base else [])
-    comparisons = comparisons_for([Model(n, n, "", "") for n in names])
     prompts = {p.prompt_hash: p for ps in plan.testsets.values() for p in ps}
+    references = {h: p.reference for h, p in prompts.items() if p.reference}
+    comparisons = comparisons_for([Model(n, n, "", "") for n in names], bool(references))
     with db.connect() as con:
         current = dict(con.execute(
             "SELECT variant, adapter_id FROM training.current_adapters WHERE dataset = ?", [dataset]).fetchall())
@@ -551,6 +553,8 @@ def observe_judge(make_observer: Callable[[], _Observer], db: Database, dataset:
         name: {h: stored.get(name, {}).get(h) or f"[{name} {h}] ".ljust(width, "x") for h in prompts}
         for name in names
     }
+    if references:  # the test sets' own answers, judged against every adapter
+        answers[REFERENCE] = references
     client = make_observer()
     judge_all(client, plan.testsets, answers, comparisons)
     units = [_Unit([key]) for key in client.calls]
