@@ -117,12 +117,11 @@ class LoadedModel:
 
             self.tokenizer()
             path = self.model.adapter_path
-            if path is not None and not (path / "adapter_config.json").exists():
-                # method full: the folder is a whole fine-tuned model, not an adapter
-                lm, _ = load_causal_lm(str(path), self.artifacts)
-            else:
-                lm, _ = load_causal_lm(self.model.base_model, self.artifacts)
-            if path is not None and (path / "adapter_config.json").exists():
+            adapter = path is not None and (path / "adapter_config.json").exists()
+            # method full: the folder is a whole fine-tuned model, loaded instead of the base
+            whole = path is not None and not adapter
+            lm, _ = load_causal_lm(str(path) if whole else self.model.base_model, self.artifacts)
+            if adapter:
                 from peft import PeftModel
 
                 lm = PeftModel.from_pretrained(lm, str(path)).merge_and_unload()

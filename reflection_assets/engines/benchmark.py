@@ -26,7 +26,7 @@ from reflection_assets.engines.answers import (
     heldout_references,
     models_for,
 )
-from reflection_assets.engines.judge import judge_all
+from reflection_assets.engines.judge import REFERENCE, judge_all
 from reflection_assets.engines.served_answers import AnswersBackend
 from reflection_assets.engines.oracle.client import OracleClient
 from reflection_assets.engines.storage import Database
@@ -66,9 +66,6 @@ class BenchmarkResult:
             "win_rate_ci": [intervals[1].low, intervals[1].high] if intervals else None,
             "p_value": sign_test(win, lose),
         }
-
-
-REFERENCE = "reference"  # the test set's own reference answers, judged like a model's
 
 
 def comparisons_for(models: Sequence[Model], references: bool = False) -> list[tuple[str, str]]:

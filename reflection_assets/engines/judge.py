@@ -84,6 +84,9 @@ def _compact_verdicts(client: OracleClient, orders: Sequence[_Order]) -> list[_V
     return verdicts
 
 
+REFERENCE = "reference"  # the test set's own reference answers, judged like a model's
+
+
 def judge_all(
     client: OracleClient,
     testsets: dict[str, list[TestPrompt]],
@@ -97,7 +100,7 @@ def judge_all(
         comparison = f"{test}_vs_{ref}"
         for testset, prompts in testsets.items():
             for prompt in prompts:
-                if prompt.prompt_hash not in answers[ref] and ref == "reference":
+                if ref == REFERENCE and prompt.prompt_hash not in answers[ref]:
                     continue  # a prompt without a reference answer is judged against the models only
                 a_test, a_ref = answers[test][prompt.prompt_hash], answers[ref][prompt.prompt_hash]
                 for test_first in (True, False):
