@@ -133,12 +133,12 @@ class LoadedModel:
         return self._lm
 
     def prompt(self, text: str) -> str:
-        from reflection_assets.engines.student import VICUNA_TEMPLATE
+        """A test prompt in the layout the adapter was trained with (method/layouts.py); the
+        test set has joined its instruction and input already."""
+        from reflection_assets.method.layouts import chat_template_of, render
 
         tokenizer = self.tokenizer()
-        if self.layout == "vicuna":
-            return VICUNA_TEMPLATE.format(prompt=text)
-        return tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False)
+        return render(self.layout or "chat", text, "", chat_template_of(tokenizer))
 
     def generate(self, texts: Sequence[str], settings: GenerationSettings, dtype: str) -> list[tuple[str, str, int]]:
         """(answer, finish_reason, new tokens) per prompt text, greedy."""

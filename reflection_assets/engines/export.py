@@ -15,7 +15,7 @@ import polars as pl
 
 from reflection_assets.engines.shards import written_shards
 from reflection_assets.engines.storage import Database
-from reflection_assets.engines.student import prompt_text
+from reflection_assets.method.layouts import user_turn
 from reflection_assets.errors import UserError
 
 EXPORT_FORMATS = ("alpaca", "jsonl", "sharegpt", "parquet", "dpo")
@@ -118,7 +118,7 @@ def load_pairs(db: Database, dataset: str, stage: str, shard_count: int) -> tupl
                             [dataset]).pl()
         written = written_shards(con, _pairs_asset(stage), dataset)
     missing, empty = _coverage(frame, written, shard_count)
-    prompts = [prompt_text(i, x) for i, x in zip(frame["instruction"].to_list(), frame["input"].to_list())]
+    prompts = [user_turn(i, x) for i, x in zip(frame["instruction"].to_list(), frame["input"].to_list())]
     pairs = frame.select(
         pl.Series("prompt", prompts, dtype=pl.String), "chosen", "rejected", "record_id", "variant"
     )
@@ -133,7 +133,7 @@ def _sharegpt(frame: pl.DataFrame) -> list[dict]:
     return [
         {
             "conversations": [
-                {"from": "human", "value": row["instruction"] + (f"\n\n{row['input']}" if row["input"] else "")},
+                {"from": "human", "value": user_turn(row["instruction"], row["input"])},
                 {"from": "gpt", "value": row["output"]},
             ]
         }

@@ -32,7 +32,6 @@ from reflection_assets.method.selection import (
     OK,
     TEMPLATE_NAMES,
     Perplexities,
-    fill,
     instruction_span,
     reverse_instruction,
 )
@@ -167,12 +166,11 @@ class StudentScorer:
         return self.tokenizer()(text, add_special_tokens=False)["input_ids"]
 
     def _prompt(self, instruction: str, input_text: str) -> str:
-        if self.template == "chat":
-            from reflection_assets.engines.student import prompt_text
+        """The pair's prompt in the student's layout: the formatter training uses too."""
+        from reflection_assets.method.layouts import chat_template_of, render
 
-            user = [{"role": "user", "content": prompt_text(instruction, input_text)}]
-            return self.tokenizer().apply_chat_template(user, add_generation_prompt=True, tokenize=False)
-        return fill(self.template, instruction, input_text)
+        chat = chat_template_of(self.tokenizer()) if self.template == "chat" else None
+        return render(self.template, instruction, input_text, chat)
 
     def _span_pair(self, prompt: str, span: str) -> tuple[_Sequence, _Sequence, bool] | str:
         """(conditional, alone, whether the span was cut) for a span after a prompt, or why

@@ -9,11 +9,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from reflection_assets.errors import UserError
+from reflection_assets.method.layouts import chat_template_of, render, user_turn
 
-VICUNA_TEMPLATE = (
-    "A chat between a curious user and an artificial intelligence assistant. The assistant "
-    "gives helpful, detailed, and polite answers to the user's questions. USER: {prompt} ASSISTANT:"
-)
 IGNORE = -100  # label value the loss skips
 
 
@@ -136,10 +133,6 @@ class Example:
     truncated: bool
 
 
-def prompt_text(instruction: str, input_text: str) -> str:
-    return instruction + (f"\n\n{input_text}" if input_text else "")
-
-
 def resolve_template(tokenizer, template: str) -> str:
     """'chat' (the model's own chat template) or 'vicuna' (the paper's layout).
 
@@ -157,17 +150,19 @@ def resolve_template(tokenizer, template: str) -> str:
     return "chat"
 
 
-def encode(tokenizer, layout: str, record_id: str, prompt: str, response: str, max_length: int) -> Example:
-    """Token ids of prompt + response; labels mask everything but the response."""
+def encode(
+    tokenizer, layout: str, record_id: str, instruction: str, response: str, max_length: int, input_text: str = ""
+) -> Example:
+    """Token ids of the layout's prompt (method/layouts.py) + response; labels mask
+    everything but the response."""
+    prefix = render(layout, instruction, input_text, chat_template_of(tokenizer))
     if layout == "chat":
-        user = [{"role": "user", "content": prompt}]
-        prefix = tokenizer.apply_chat_template(user, add_generation_prompt=True, tokenize=False)
+        user = [{"role": "user", "content": user_turn(instruction, input_text)}]
         full = tokenizer.apply_chat_template(
             user + [{"role": "assistant", "content": response}], tokenize=False
         )
         rest = full[len(prefix) :] if full.startswith(prefix) else response + (tokenizer.eos_token or "")
     else:
-        prefix = VICUNA_TEMPLATE.format(prompt=prompt)
         rest = " " + response + (tokenizer.eos_token or "")
     # Tokenized apart and joined, so no token straddles the boundary: merging the last
     # prompt token with the first answer token would mask part of the answer.
@@ -184,7 +179,7 @@ def build_examples(tokenizer, layout: str, rows: Sequence[tuple[str, str, str, s
     entirely by max_length are dropped (they would teach nothing)."""
     examples = []
     for record_id, instruction, input_text, output in rows:
-        example = encode(tokenizer, layout, record_id, prompt_text(instruction, input_text), output, max_length)
+        example = encode(tokenizer, layout, record_id, instruction, output, max_length, input_text)
         if any(label != IGNORE for label in example.labels):
             examples.append(example)
     return examples

@@ -13,6 +13,7 @@ from reflection_assets.engines.sources import BUNDLED_PREFIX, SourceError, read_
 from reflection_assets.engines.storage import Database
 from reflection_assets.errors import UserError
 from reflection_assets.method.digests import text_digest
+from reflection_assets.method.layouts import user_turn
 
 BUNDLED_TESTSET = "bundled"  # always available: the package's evaluation prompts
 BUNDLED_TESTSET_SOURCE = BUNDLED_PREFIX + "eval_prompts"
@@ -76,7 +77,7 @@ def _self_instruct(row: dict, where: str) -> TestPrompt:
     reference = str(first.get("output") or "").strip() or None
     return TestPrompt(
         str(row.get("id", "")),
-        instruction + (f"\n\n{extra}" if extra else ""),
+        user_turn(instruction, extra),  # the student's join (method/layouts.py)
         str(row.get("motivation_app") or "general"),
         reference,
     )

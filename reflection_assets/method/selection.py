@@ -14,38 +14,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-# The official templates (data_analysis.py: PROMPT_DICT_VICUNA, _ALPACA, _WIZARDLM).
-TEMPLATES: dict[str, dict[str, str]] = {
-    "vicuna": {
-        "prompt_input": (
-            "A chat between a curious user and an artificial intelligence assistant. The assistant gives "
-            "helpful, detailed, and polite answers to the user's questions. USER: {instruction}\nInput:\n{input} "
-            "ASSISTANT:"
-        ),
-        "prompt_no_input": (
-            "A chat between a curious user and an artificial intelligence assistant. The assistant gives "
-            "helpful, detailed, and polite answers to the user's questions. USER: {instruction} ASSISTANT:"
-        ),
-    },
-    "alpaca": {
-        "prompt_input": (
-            "Below is an instruction that describes a task, paired with an input that provides further context. "
-            "Write a response that appropriately completes the request.\n\n"
-            "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:"
-        ),
-        "prompt_no_input": (
-            "Below is an instruction that describes a task. "
-            "Write a response that appropriately completes the request.\n\n"
-            "### Instruction:\n{instruction}\n\n### Response:"
-        ),
-    },
-    "wizardlm": {
-        "prompt_input": "{instruction}\n{input}\n\n### Response:",
-        "prompt_no_input": "{instruction}\n\n### Response:",
-    },
-}
-# `chat`: the student's own chat template, the user turn holding instruction and input.
-TEMPLATE_NAMES = (*TEMPLATES, "chat")
+from reflection_assets.method.layouts import LAYOUTS, TEMPLATES, render  # noqa: F401 (TEMPLATES: re-exported)
+
+# The templates are the student's layouts (method/layouts.py): V2 scores a pair as the
+# student reads it in training. `chat`: the student's own chat template.
+TEMPLATE_NAMES = LAYOUTS
 DEFAULT_TEMPLATE = "vicuna"
 
 REVERSE_HEAD = "Below is the response to an instruction, please guess the corresponding instruction for the given response.\n"
@@ -63,12 +36,7 @@ STATUSES = (OK, "empty_output", "empty_instruction", "too_long", "too_short", "m
 
 def fill(template: str, instruction: str, input_text: str) -> str:
     """The official prompt for a pair (not the chat template: the engine applies that)."""
-    if template not in TEMPLATES:
-        raise ValueError(f"template {template!r}: expected one of {', '.join(TEMPLATE_NAMES)}")
-    forms = TEMPLATES[template]
-    if input_text == "":
-        return forms["prompt_no_input"].format_map({"instruction": instruction})
-    return forms["prompt_input"].format_map({"instruction": instruction, "input": input_text})
+    return render(template, instruction, input_text)
 
 
 def reverse_instruction(output: str) -> str:

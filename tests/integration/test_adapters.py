@@ -11,9 +11,9 @@ import pytest
 from reflection_assets.engines.adapters import held_out
 from reflection_assets.engines.models import EMBEDDED_GGUF, ModelError, embedded_gguf
 from reflection_assets.engines import trainer
+from reflection_assets.method.layouts import render
 from reflection_assets.engines.student import (
     IGNORE,
-    VICUNA_TEMPLATE,
     TrainConfig,
     TrainingError,
     batches,
@@ -64,7 +64,11 @@ def test_loss_is_masked_to_the_response(tokenizer):
 def test_vicuna_layout_and_truncation(tokenizer):
     example = encode(tokenizer, "vicuna", "r1", "Say hi.", "Hi there!", max_length=256)
     first = next(i for i, label in enumerate(example.labels) if label != IGNORE)
-    assert tokenizer.decode(example.input_ids[:first]) == VICUNA_TEMPLATE.format(prompt="Say hi.")
+    assert tokenizer.decode(example.input_ids[:first]) == render("vicuna", "Say hi.")
+    # An input joins the official Vicuna way, the one V2's scoring reads (method/layouts.py).
+    with_input = encode(tokenizer, "vicuna", "r2", "Say hi.", "Hi there!", max_length=256, input_text="to Ann")
+    start = next(i for i, label in enumerate(with_input.labels) if label != IGNORE)
+    assert tokenizer.decode(with_input.input_ids[:start]).endswith("USER: Say hi.\nInput:\nto Ann ASSISTANT:")
     assert tokenizer.decode(example.input_ids[first:]).startswith(" Hi there!")
     cut = encode(tokenizer, "vicuna", "r1", "Say hi.", "word " * 200, max_length=64)
     assert cut.truncated and len(cut.input_ids) == 64
