@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     from reflection_assets.engines.trainer import ERROR, run_training
     from reflection_assets.errors import UserError
 
-    (staging / ERROR).unlink(missing_ok=True) if is_main else None
+    if is_main:
+        (staging / ERROR).unlink(missing_ok=True)  # a message from an earlier attempt
     with _reporting(is_main) as (log, on_step, report):
         try:
             result = run_training(staging, log, on_step)
