@@ -90,6 +90,7 @@ class TrainConfig:
 _LATER_SETTINGS = ("method", "launcher", "processes", "accelerate_config")
 METHODS = ("lora", "qlora", "full")
 LAUNCHERS = ("python", "torchrun", "accelerate")
+PRECISIONS = ("auto", "float32", "bfloat16")
 
 
 def check_config(config: TrainConfig, cuda: bool | None = None) -> None:
@@ -106,6 +107,8 @@ def check_config(config: TrainConfig, cuda: bool | None = None) -> None:
         raise TrainingError(
             f"batch_size={config.batch_size} is split between {config.processes} processes: expected a multiple of {config.processes}"
         )
+    if config.precision not in PRECISIONS:
+        raise TrainingError(f"precision {config.precision!r}: expected {', '.join(PRECISIONS)}")
     if config.save_steps < 0:
         raise TrainingError(f"save_steps={config.save_steps}: expected 0 (no checkpoints) or more")
     if config.accelerate_config is not None:

@@ -141,10 +141,9 @@ def training_order(train_set: Sequence[Example], config: TrainConfig, total_step
 
 
 def _precision(config: TrainConfig) -> str:
+    """`auto` resolved on this device (check_config has refused any other value)."""
     from reflection_assets.engines.oracle.settings import resolve_dtype
 
-    if config.precision not in ("auto", "float32", "bfloat16"):
-        raise TrainingError(f"precision {config.precision!r}: expected auto, float32 or bfloat16")
     return resolve_dtype(config.precision)
 
 
