@@ -1,4 +1,4 @@
-"""Replies bought twice after a SIGKILL at full speed: the client with its reply journal
+"""Replies bought twice after a SIGKILL at full speed: the client with a ledger line per reply
 against the same client without it (what it was before: replies reach the database once a
 second, so a kill loses the last second's).
 
@@ -60,7 +60,7 @@ def main() -> None:
           f"{args.trials} trials each")
     print(f"{'client':<26}{'in flight at kill':>19}{'bought twice':>14}{'of which not in flight':>24}{'worst':>7}")
     means = {}
-    for name, journal in (("flush every 1 s (before)", False), ("with the reply journal", True)):
+    for name, journal in (("flush every 1 s (before)", False), ("a ledger line per reply", True)):
         runs = [trial(args.n, args.concurrency, journal) for _ in range(args.trials)]
         in_flight = sum(r[1] for r in runs) / len(runs)
         twice = sum(r[2] for r in runs) / len(runs)

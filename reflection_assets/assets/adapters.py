@@ -17,7 +17,7 @@ from reflection_assets.assets.raw import raw_dataset
 from reflection_assets.assets.reflection import recycled_dataset
 from reflection_assets.assets.selection import selective_dataset
 from reflection_assets.assets.resources import OWNER, StorageResource, step_pool
-from reflection_assets.engines.adapters import CLEAR_CURRENT, Adapter, has_training_rows, train_or_reuse
+from reflection_assets.engines.adapters import Adapter, clear_current, has_training_rows, train_or_reuse
 from reflection_assets.engines.models import model_identity
 from reflection_assets.engines.student import TrainConfig
 
@@ -99,8 +99,7 @@ def _train(context: dg.AssetExecutionContext, config: AdapterConfig, storage: St
         # The student kept no record: no adapter, and the benchmark compares V1 alone. A
         # failure here would also stop benchmark_scores in the same run.
         context.log.warning(f"the student selected no record of {dataset!r}: no selective adapter to train")
-        with storage.db().connect() as con:
-            con.execute(CLEAR_CURRENT, [dataset, variant])
+        clear_current(storage.db(), dataset, variant)
         return dg.MaterializeResult(
             metadata={"adapter_id": "none", "records": 0, "reason": "selective_dataset kept no record"},
             data_version=dg.DataVersion("none"),

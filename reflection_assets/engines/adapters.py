@@ -19,6 +19,7 @@ from pathlib import Path
 import polars as pl
 
 from reflection_assets.engines import trainer
+from reflection_assets.engines.ledger import logged
 from reflection_assets.engines.storage import Database
 from reflection_assets.engines.student import TrainConfig, TrainingError, check_config
 from reflection_assets.method.digests import json_digest
@@ -71,7 +72,15 @@ SET_CURRENT = """
 """
 
 
-CLEAR_CURRENT = "DELETE FROM training.current_adapters WHERE dataset = ? AND variant = ?"
+def set_current(con, db: Database, dataset: str, variant: str, adapter_id: str) -> None:
+    """In the caller's transaction; the ledger has it before it commits."""
+    logged(con, db.ledger(), "training.current_adapters", SET_CURRENT, [dataset, variant, adapter_id])
+
+
+def clear_current(db: Database, dataset: str, variant: str) -> None:
+    with db.transaction() as con:
+        con.execute("DELETE FROM training.current_adapters WHERE dataset = ? AND variant = ?", [dataset, variant])
+        db.ledger().delete("training.current_adapters", {"dataset": dataset, "variant": variant})
 
 
 def data_fingerprint(rows: list[tuple[str, str, str, str]]) -> str:
@@ -173,8 +182,8 @@ def train_or_reuse(
         log(f"adapter {adapter_id} already trained on these {len(rows)} rows with this config: reused")
         log_file = out / "training_log.json"
         losses = json.loads(log_file.read_text())["train_losses"] if log_file.exists() else []
-        with db.connect() as con:
-            con.execute(SET_CURRENT, [dataset, variant, adapter_id])
+        with db.transaction() as con:
+            set_current(con, db, dataset, variant, adapter_id)
         return Adapter(adapter_id, out, True, existing, losses)
 
     # The same id means the same rows and settings: a staging folder left by a killed
@@ -221,16 +230,20 @@ def train_or_reuse(
         "tokens_per_s": result["tokens_per_s"],
     }
     # read by DuckDB by its name in the INSERT below
-    record_ids = pl.DataFrame({"adapter_id": [adapter_id] * len(rows), "record_id": [r[0] for r in rows]})  # noqa: F841
-    with db.transaction() as con:
+    record_ids = pl.DataFrame({"adapter_id": [adapter_id] * len(rows), "record_id": [r[0] for r in rows]})
+    ledger = db.ledger()
+    with db.transaction() as con:  # the ledger has every row before it commits
         con.execute("DELETE FROM training.adapters WHERE adapter_id = ?", [adapter_id])
         con.execute("DELETE FROM training.adapter_records WHERE adapter_id = ?", [adapter_id])
+        ledger.delete("training.adapter_records", {"adapter_id": adapter_id}, sync=False)
         columns = ", ".join(registry)
-        con.execute(
+        logged(
+            con, ledger, "training.adapters",
             f"INSERT INTO training.adapters ({columns}) VALUES ({', '.join('?' * len(registry))})",
             list(registry.values()),
         )
         con.execute("INSERT INTO training.adapter_records SELECT adapter_id, record_id FROM record_ids")
-        con.execute(SET_CURRENT, [dataset, variant, adapter_id])
+        ledger.put("training.adapter_records", record_ids.to_dicts(), sync=False)
+        set_current(con, db, dataset, variant, adapter_id)
     shutil.rmtree(staging, ignore_errors=True)  # its checkpoints are no longer needed
     return Adapter(adapter_id, out, False, registry, losses)

@@ -6,6 +6,7 @@ import json
 import re
 from dataclasses import dataclass, field
 
+from reflection_assets.engines.ledger import logged
 from reflection_assets.engines.sources import (
     BUNDLED_PREFIX,
     FORMATS,
@@ -81,8 +82,9 @@ class DatasetRegistry:
                 f"dataset {name!r} is already registered with source {existing.source}; "
                 "pass --replace to point it at the new source"
             )
-        with self.db.connect() as con:
-            con.execute(
+        with self.db.transaction() as con:  # the ledger has the row before it commits
+            logged(
+                con, self.db.ledger(), "registry.datasets",
                 """
                 INSERT INTO registry.datasets (name, source, format, field_map)
                 VALUES (?, ?, ?, ?)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import duckdb
 
+from reflection_assets.engines.ledger import Ledger, ledger_for, ledger_folder, segment_paths
 from reflection_assets.errors import UserError
 
 SQL_PACKAGE = "reflection_assets"  # its sql/ folder is package data: any install has it
@@ -36,6 +37,33 @@ _schema_lock = threading.Lock()
 
 class StorageError(UserError):
     """The database cannot be opened or set up. The message is meant for the user."""
+
+
+class DamagedStore(StorageError):
+    """The database file is damaged or gone while its ledger holds work: the way back is
+    `reflection rebuild`."""
+
+    def __init__(self, path: Path, problem: str):
+        super().__init__(damaged_message(path, problem))
+        self.problem = problem
+
+
+# What DuckDB says when a file's bytes are not what it wrote (checksums, headers, blocks it
+# cannot deserialize); an error while opening the file counts whatever it says.
+_DAMAGE_MARKERS = ("corrupt", "checksum", "not a valid duckdb database", "serializ", "internal error",
+                   "fatal error", "invalidated", "failed to read", "could not read")
+
+
+def is_damage(exc: BaseException) -> bool:
+    return isinstance(exc, duckdb.Error) and any(m in str(exc).lower() for m in _DAMAGE_MARKERS)
+
+
+def damaged_message(path: Path, problem: str) -> str:
+    return (
+        f"{path}: {problem}. Nothing paid is lost: every oracle reply, batch record and registry "
+        f"is also in {ledger_folder(path)}. `reflection doctor` checks the store; "
+        "`reflection rebuild` moves the file aside and restores a new store from the ledger"
+    )
 
 
 def sql_files() -> list[Traversable]:
@@ -145,6 +173,11 @@ class Database:
         self.path = Path(path)
         self.lock_timeout_s = lock_timeout_s
         self.config = dict(config or {})  # DuckDB settings (memory_limit, threads...)
+        self.restoring = False  # set by `reflection rebuild`: a new store beside a full ledger
+
+    def ledger(self) -> Ledger:
+        """Where this store's paid work is also kept (engines/ledger.py)."""
+        return ledger_for(self.path)
 
     def _open(self, read_only: bool) -> duckdb.DuckDBPyConnection:
         deadline = time.monotonic() + self.lock_timeout_s
@@ -152,8 +185,10 @@ class Database:
         while True:
             try:
                 return duckdb.connect(str(self.path), read_only=read_only, config=self.config)
-            except duckdb.IOException as exc:
-                if not _is_lock_conflict(exc):
+            except duckdb.Error as exc:
+                if not (isinstance(exc, duckdb.IOException) and _is_lock_conflict(exc)):
+                    if is_damage(exc) or (self.path.exists() and not isinstance(exc, duckdb.IOException)):
+                        raise DamagedStore(self.path, f"damaged, it cannot be opened ({exc})") from None
                     raise StorageError(f"{self.path}: cannot open the database ({exc})") from None
                 if time.monotonic() >= deadline:
                     raise StorageError(
@@ -180,6 +215,8 @@ class Database:
                     try:
                         con.execute(text)
                     except duckdb.Error as exc:
+                        if is_damage(exc):
+                            raise
                         raise StorageError(f"{name} (the package's sql/): failed to apply ({exc})") from None
                 con.execute("DELETE FROM registry.schema_applied")
                 con.execute("INSERT INTO registry.schema_applied (sql_sha256) VALUES (?)", [digest])
@@ -189,8 +226,24 @@ class Database:
                 con.execute("CHECKPOINT")
             _schema_applied.add(key)
 
+    def forget_schema(self) -> None:
+        """The file at this path was replaced: apply the schema again on the next write."""
+        with _schema_lock:
+            _schema_applied.discard(str(self.path.resolve()))
+
+    def _check_not_lost(self) -> None:
+        """A missing store beside a ledger that holds work was lost, not never made: making
+        a new empty one would buy every reply again."""
+        if self.restoring or self.path.exists():
+            return
+        mine = self.ledger().current_segment()  # this process may log before its first write
+        segments = [p for p in segment_paths(ledger_folder(self.path)) if p != mine]
+        if segments:
+            raise DamagedStore(self.path, f"missing, although its ledger holds {len(segments)} segments")
+
     @contextmanager
     def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        self._check_not_lost()
         if read_only and not self.path.exists():
             raise StorageError(f"{self.path}: no database yet; register a dataset first")
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -207,8 +260,15 @@ class Database:
                     con.execute("PRAGMA disable_checkpoint_on_shutdown")
                     self._ensure_schema(con)
                 yield con
+            except duckdb.Error as exc:
+                if is_damage(exc):
+                    raise DamagedStore(self.path, f"damaged ({exc})") from None
+                raise
             finally:
-                con.close()
+                try:
+                    con.close()
+                except duckdb.Error:
+                    pass  # a damaged store may not close cleanly; what it said is raised above
         finally:
             lock.release()
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reflection_assets.engines.datasets import NAME_PATTERN
+from reflection_assets.engines.ledger import logged
 from reflection_assets.engines.sources import BUNDLED_PREFIX, SourceError, read_json_rows, resolve_source
 from reflection_assets.engines.storage import Database
 from reflection_assets.errors import UserError
@@ -187,8 +188,9 @@ class TestsetRegistry:
         if not source.startswith(BUNDLED_PREFIX):
             source = str(Path(source).expanduser().resolve())
         prompts = load_testset(source, fmt)  # a malformed file fails now, not at scoring time
-        with self.db.connect() as con:
-            con.execute(
+        with self.db.transaction() as con:  # the ledger has the row before it commits
+            logged(
+                con, self.db.ledger(), "registry.testsets",
                 """
                 INSERT INTO registry.testsets (name, source, format) VALUES (?, ?, ?)
                 ON CONFLICT (name) DO UPDATE SET source = excluded.source, format = excluded.format,

@@ -4,13 +4,15 @@ benchmarks/crash_rebuy.py.
 
 python -m tests.fakes.oracle_worker BASE_URL DATABASE N [CONCURRENCY] [--no-journal]
 
---no-journal turns the reply journal off (its append does nothing), which is how the client
-behaved before it had one: the benchmark compares the two."""
+--no-journal turns off the line the ledger writes as each reply arrives (replies then reach
+it, and the database, at the flush only), which is how the client behaved before it had a
+reply journal: the benchmark compares the two."""
 
 import sys
 
 from reflection_assets.engines.oracle.client import OracleClient
-from reflection_assets.engines.oracle.journal import ReplyJournal
+from reflection_assets.engines.ledger import Ledger
+from reflection_assets.engines.oracle.cache import OracleCache
 from reflection_assets.engines.oracle.settings import OracleSettings
 from reflection_assets.engines.storage import Database
 
@@ -20,7 +22,9 @@ def main() -> None:
     base_url, database, n = args[0], args[1], int(args[2])
     concurrency = int(args[3]) if len(args) > 3 else 8
     if "--no-journal" in sys.argv:
-        ReplyJournal.append = lambda self, row: None  # type: ignore[method-assign]
+        Ledger.reply = lambda self, row: None  # type: ignore[method-assign]
+        write = OracleCache.write
+        OracleCache.write = lambda self, batch, in_ledger=False: write(self, batch)  # type: ignore[method-assign]
     settings = OracleSettings(
         backend="openai",
         model="gpt-4o-mini",

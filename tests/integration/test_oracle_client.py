@@ -200,7 +200,10 @@ def test_no_batch_waits_for_its_slowest_member(tmp_path):
         started = time.monotonic()
         arrivals = [(r.request_key, time.monotonic() - started) for r in client.complete_many(requests)]
     assert arrivals[-1][0] == requests[0].key and arrivals[-1][1] >= 1.5
-    assert all(at < 1.0 for _, at in arrivals[:-1])  # the other 29 did not wait for it
+    # The other 29 did not wait for it (timed against its arrival: the client's start, the
+    # first open of the store and the openai SDK's import, about 2 s when nothing imported
+    # it before, come before either).
+    assert all(at < arrivals[-1][1] - 1.0 for _, at in arrivals[:-1])
 
 
 def test_progress_is_logged_at_a_steady_cadence(tmp_path, caplog):
@@ -213,26 +216,27 @@ def test_progress_is_logged_at_a_steady_cadence(tmp_path, caplog):
     assert any("60/60 done" in r.message for r in caplog.records)
 
 
-def journaled_numbers(database: Path) -> set[int]:
-    """The question numbers of replies in journals left behind (JSON rows, request at [5])."""
+def ledger_numbers(database: Path) -> list[int]:
+    """The question numbers of the reply lines in the ledger's segments, one per line."""
     import json
 
-    folder = database.with_name(database.name + ".journal")
-    numbers = set()
-    for path in folder.glob("*.jsonl"):
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            numbers.add(int(json.loads(row[5])["messages"][0][1].split()[-1]))
+    from reflection_assets.engines.ledger import ledger_folder, read_segment, segment_paths
+
+    numbers = []
+    for path in segment_paths(ledger_folder(database)):
+        for event in read_segment(path).events:
+            if event["t"] == "oracle.replies":
+                numbers += [int(json.loads(r["request_json"])["messages"][0][1].split()[-1]) for r in event["rows"]]
     return numbers
 
 
 def test_a_killed_run_buys_again_only_what_was_in_flight(tmp_path):
     """SIGKILL at full speed: replies already answered are in the database or in the
-    journal; the restart replays the journal and sends only what was never answered (plus
-    the few that were on the wire when the process died)."""
+    ledger (a line each, as they arrive); the ledger reads up to its last complete line; the
+    restart stores what only the ledger had and sends only what was never answered (plus the
+    few that were on the wire when the process died), and no reply is logged twice."""
+    from reflection_assets.engines.ledger import ledger_folder, read_segment, segment_paths
+
     database = tmp_path / "db.duckdb"
     n, in_flight = 400, 8
     with FakeOpenAI(latency_s=0.05, max_concurrency=in_flight) as server:
@@ -255,18 +259,29 @@ def test_a_killed_run_buys_again_only_what_was_in_flight(tmp_path):
                     "SELECT json_extract_string(request_json, '$.messages[0][1]') FROM oracle.replies"
                 ).fetchall()
             }
-        journaled = journaled_numbers(database)
-        assert seen_before_kill <= logged  # a reply is stored before it is handed out
-        stored = logged | journaled
+        [orphan] = segment_paths(ledger_folder(database))
+        with open(orphan, "a") as torn:  # a line the kill cut in the middle
+            torn.write('{"t":"oracle.replies","op":"put","rows":[{"request_key":"abc')
+        assert "unfinished line" in read_segment(orphan).torn
+        in_ledger = ledger_numbers(database)
+        assert len(in_ledger) == len(set(in_ledger))
+        assert seen_before_kill <= logged <= set(in_ledger)  # stored after it is logged, handed out after stored
+        stored = set(in_ledger)
         assert len(stored) < n  # the kill really came midway
         before = server.request_count
         rerun = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
         assert rerun.returncode == 0, rerun.stderr
         resent = [question_number(b) for b in server.received[before:]]
+        with duckdb.connect(str(database)) as con:
+            in_database = con.execute("SELECT count(*) FROM oracle.replies").fetchone()[0]
     rebought = set(resent) & sent_first
     print(f"answered before the kill: {len(stored)} ({len(logged)} in the database, "
-          f"{len(journaled - logged)} only in the journal); bought again: {len(rebought)}")
+          f"{len(stored - logged)} only in the ledger); bought again: {len(rebought)}")
     assert not set(resent) & stored
     assert set(resent) | stored == set(range(n))
     assert len(rebought) <= in_flight  # only what was on the wire when it died
-    assert not list(database.with_name(database.name + ".journal").glob("*.jsonl"))  # replayed, then gone
+    assert in_database == n
+    after = ledger_numbers(database)
+    assert sorted(after) == list(range(n))  # every reply once: none lost, none logged twice
+    # The orphan was replayed and compressed, the rerun's own segment compressed at its exit.
+    assert all(p.name.endswith(".jsonl.gz") for p in segment_paths(ledger_folder(database)))

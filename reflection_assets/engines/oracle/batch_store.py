@@ -1,6 +1,8 @@
 """The record of batches in DuckDB (oracle.batches, oracle.batch_requests): every batch
 with the request keys it holds, written before anything waits on it, so a killed run finds
-what it left in flight, and `reflection batch import` knows which custom ids are ours."""
+what it left in flight, and `reflection batch import` knows which custom ids are ours. Each
+write also goes to the store's ledger, as the rows now stand: a batch paid for at the
+provider is found again after `reflection rebuild`."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from datetime import datetime
 
 import polars as pl
 
+from reflection_assets.engines.ledger import logged
 from reflection_assets.engines.storage import Database
 from reflection_assets.method.requests import OracleRequest
 
@@ -57,6 +60,7 @@ def new_batch_key() -> str:
 class BatchStore:
     def __init__(self, db: Database):
         self.db = db
+        self.ledger = db.ledger()
 
     def create(
         self,
@@ -85,19 +89,22 @@ class BatchStore:
             schema={"batch_key": pl.Utf8, "request_key": pl.Utf8, "attempt": pl.Int32, "request_json": pl.Utf8},
         )
         with self.db.transaction() as con:
-            con.execute(
+            logged(
+                con, self.ledger, "oracle.batches",
                 "INSERT INTO oracle.batches (batch_key, kind, role, base_url, model, dataset, stage, shard, requests, "
                 "attempt, retry_of, whole_retry, input_file_id, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [key, kind, role, base_url, model, scope.get("dataset"), scope.get("stage"), scope.get("shard"),
                  len(requests), attempt, retry_of, whole_retry, input_file_id, status],
             )
             con.execute("INSERT OR IGNORE INTO oracle.batch_requests SELECT * FROM rows")
+            self.ledger.put("oracle.batch_requests", rows.to_dicts())
         return self.get(key)
 
     def update(self, batch_key: str, **values: object) -> None:
         names = ", ".join(f"{name} = ?" for name in values)
         with self.db.transaction() as con:
-            con.execute(
+            logged(
+                con, self.ledger, "oracle.batches",
                 f"UPDATE oracle.batches SET {names}, updated_at = current_timestamp WHERE batch_key = ?",
                 [*values.values(), batch_key],
             )
@@ -106,6 +113,8 @@ class BatchStore:
         with self.db.transaction() as con:
             con.execute("DELETE FROM oracle.batch_requests WHERE batch_key = ?", [batch_key])
             con.execute("DELETE FROM oracle.batches WHERE batch_key = ?", [batch_key])
+            self.ledger.delete("oracle.batch_requests", {"batch_key": batch_key}, sync=False)
+            self.ledger.delete("oracle.batches", {"batch_key": batch_key})
 
     def get(self, batch_key: str) -> BatchRecord:
         [record] = self._select("WHERE batch_key = ?", [batch_key])
@@ -153,11 +162,12 @@ class BatchStore:
     def mark_imported(self) -> None:
         """Exported files whose every request now has a reply."""
         with self.db.transaction() as con:
-            con.execute(
+            logged(
+                con, self.ledger, "oracle.batches",
                 """
                 UPDATE oracle.batches AS b SET status = 'imported', collected = true, updated_at = current_timestamp
                 WHERE b.kind = 'file' AND b.status = 'exported' AND NOT EXISTS (
                     SELECT 1 FROM oracle.batch_requests AS q LEFT JOIN oracle.replies AS o USING (request_key)
                     WHERE q.batch_key = b.batch_key AND o.request_key IS NULL)
-                """
+                """,
             )

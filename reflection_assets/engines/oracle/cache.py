@@ -2,21 +2,24 @@
 
 Replies are buffered and written in short transactions at least every flush interval, from
 a thread of their own, so the network never waits on the database. Each paid reply is also
-appended to a journal file the moment it arrives (engines/oracle/journal.py), so a killed
-process loses none: the next client replays the journal. A reply reaches the caller only
-after it is in the database: parsing always comes after storing."""
+appended to the store's ledger the moment it arrives (engines/ledger.py) and fsynced there
+before its flush, so a killed process loses none (the next client stores the replies an
+orphaned segment holds) and a damaged store loses none (`reflection rebuild`). A reply
+reaches the caller only after it is in the database: parsing always comes after storing."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import threading
+from datetime import datetime
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import polars as pl
 
-from reflection_assets.engines.oracle.journal import ReplyJournal, discard, journal_folder, orphaned_rows
+from reflection_assets.engines.ledger import finish_orphan, logged, orphans
+from reflection_assets.engines.oracle.journal import discard, journal_folder, orphaned_rows
 from reflection_assets.engines.oracle.replies import OracleReply
 from reflection_assets.engines.storage import Database
 from reflection_assets.method.requests import OracleRequest
@@ -76,6 +79,13 @@ def reply_row(request: OracleRequest, reply: OracleReply) -> tuple:
     )
 
 
+def reply_record(request: OracleRequest, reply: OracleReply) -> dict:
+    """A reply as the ledger keeps it: the row, by column name, and when it arrived."""
+    record = dict(zip(REPLY_SCHEMA, reply_row(request, reply)))
+    record["created_at"] = datetime.now().isoformat(sep=" ")
+    return record
+
+
 @dataclass(frozen=True)
 class Spend:
     fingerprint: str
@@ -88,20 +98,31 @@ class Spend:
 class OracleCache:
     def __init__(self, db: Database):
         self.db = db
-        self.journals = journal_folder(db.path)
+        self.ledger = db.ledger()
+        self.journals = journal_folder(db.path)  # the ledger's predecessor, replayed when found
 
     def replay_journals(self) -> int:
-        """Store the replies that killed processes journaled but never wrote to the
-        database; returns how many rows were replayed."""
+        """Store the replies that killed processes logged but never wrote to the database
+        (orphaned ledger segments, and journals of the versions before the ledger); returns
+        how many rows were replayed. An orphaned segment is compressed once replayed."""
         replayed = 0
         width = len(REPLY_SCHEMA)
         for path, handle, rows in orphaned_rows(self.journals):
             if rows:
                 # A journal written before the served columns existed has shorter rows.
                 rows = [list(row) + [None] * (width - len(row)) for row in rows]
-                self._insert_replies(pl.DataFrame(rows, schema=REPLY_SCHEMA, orient="row"))
+                frame = pl.DataFrame(rows, schema=REPLY_SCHEMA, orient="row")
+                self.ledger.put("oracle.replies", frame.to_dicts())
+                self._insert_replies(frame)
                 replayed += len(rows)
             discard(path, handle)
+        for segment, handle in orphans(self.ledger.folder):
+            rows = [row for event in segment.events if event.get("t") == "oracle.replies" and event.get("op") == "put"
+                    for row in event.get("rows", [])]
+            if rows:
+                frame = pl.DataFrame([[row.get(c) for c in REPLY_SCHEMA] for row in rows], schema=REPLY_SCHEMA, orient="row")
+                replayed += self._insert_replies(frame)
+            finish_orphan(segment, handle)
         return replayed
 
     def spend(self) -> list[Spend]:
@@ -117,7 +138,8 @@ class OracleCache:
         """The first snapshot this database saw behind (backend, model): recorded now when
         there is none yet. Requests sent under it keep their pre-probe keys."""
         with self.db.transaction() as con:
-            con.execute(
+            logged(
+                con, self.ledger, "oracle.served_baselines",
                 "INSERT OR IGNORE INTO oracle.served_baselines (backend, model, identity_json) VALUES (?, ?, ?)",
                 [backend, model, json.dumps(identity.as_metadata(), sort_keys=True)],
             )
@@ -131,13 +153,13 @@ class OracleCache:
         # Compared as the current probe counts (`model` leaves system_fingerprint out).
         return dataclasses.replace(first, probe=identity.probe)
 
-    def journal(self) -> ReplyJournal:
-        return ReplyJournal(self.journals)
-
-    def _insert_replies(self, replies: pl.DataFrame) -> None:
+    def _insert_replies(self, replies: pl.DataFrame) -> int:
+        """Rows not stored yet go in; returns how many did."""
         columns = ", ".join(REPLY_SCHEMA)
         with self.db.transaction() as con:
-            con.execute(f"INSERT OR IGNORE INTO oracle.replies ({columns}) SELECT {columns} FROM replies")
+            return len(con.execute(
+                f"INSERT OR IGNORE INTO oracle.replies ({columns}) SELECT {columns} FROM replies RETURNING request_key"
+            ).fetchall())
 
     def lookup(self, keys: Iterable[str]) -> dict[str, OracleReply]:
         wanted = pl.DataFrame({"request_key": sorted(set(keys))}, schema={"request_key": pl.Utf8})
@@ -171,9 +193,12 @@ class OracleCache:
             for row in rows
         }
 
-    def write(self, batch: Sequence[tuple[OracleRequest, OracleReply]]) -> None:
+    def write(self, batch: Sequence[tuple[OracleRequest, OracleReply]], in_ledger: bool = False) -> None:
         """One transaction: replies into oracle.replies, failures into oracle.failures.
-        Rows go in as one frame each (executemany is ~100x slower in DuckDB)."""
+        Rows go in as one frame each (executemany is ~100x slower in DuckDB). The replies
+        go to the ledger first, fsynced, unless the caller put them there (`in_ledger`)."""
+        if not in_ledger:
+            self.ledger.put("oracle.replies", [reply_record(req, rep) for req, rep in batch if rep.ok])
         replies = pl.DataFrame(
             [reply_row(req, rep) for req, rep in batch if rep.ok], schema=REPLY_SCHEMA, orient="row"
         )
@@ -205,9 +230,9 @@ class OracleCache:
 
 
 class CacheWriter:
-    """Journals each paid reply as it arrives, buffers finished calls and writes them to the
-    database every `interval_s` (or every `max_batch`), then hands the written replies to
-    `on_flushed`. The journal is removed once everything it holds is in the database."""
+    """Logs each paid reply to the ledger as it arrives, buffers finished calls and writes
+    them to the database every `interval_s` (or every `max_batch`), once the ledger has them
+    on disk, then hands the written replies to `on_flushed`."""
 
     def __init__(self, cache: OracleCache, interval_s: float, on_flushed: Flushed, max_batch: int = 500):
         self.cache = cache
@@ -219,14 +244,15 @@ class CacheWriter:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._closing = False
-        self._journal = cache.journal()
+        self._ledger = cache.ledger
+        self._ledger.client_started()
         self._thread = threading.Thread(target=self._loop, name="oracle-cache-writer", daemon=True)
         self._thread.start()
 
     def add(self, request: OracleRequest, reply: OracleReply) -> None:
         with self._lock:
             if reply.ok:
-                self._journal.append(reply_row(request, reply))
+                self._ledger.reply(reply_record(request, reply))
             self._buffer.append((request, reply))
             if len(self._buffer) >= self.max_batch:
                 self._wake.set()
@@ -236,7 +262,8 @@ class CacheWriter:
             batch, self._buffer = self._buffer, []
         if not batch:
             return
-        self.cache.write(batch)
+        self._ledger.sync()
+        self.cache.write(batch, in_ledger=True)
         self.on_flushed([reply for _, reply in batch])
 
     def _loop(self) -> None:
@@ -253,7 +280,7 @@ class CacheWriter:
         self._closing = True
         self._wake.set()
         self._thread.join()
+        # Failed: this process's segment stays plain at its end, for the next client to replay.
+        self._ledger.client_finished(stored=self.error is None)
         if self.error is not None:
-            # The journal stays: the next client replays what did not reach the database.
             raise self.error
-        self._journal.close()
