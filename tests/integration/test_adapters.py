@@ -192,3 +192,19 @@ def test_the_adapter_assets_through_dagster(home, instance, oracle, tmp_path, sh
     assert again["baseline_adapter"]["reused"].value is True  # same data, same config: no retraining
     assert again["baseline_adapter"]["adapter_id"].value == first["baseline_adapter"]["adapter_id"].value
 
+    # The adapter registry is in the ledger too: a rebuilt store has it, every column as it was.
+    from reflection_assets.engines.recovery import rebuild
+    from reflection_assets.engines.storage import Database
+
+    tables = ("training.adapters", "training.adapter_records", "training.current_adapters")
+
+    def registry_rows():
+        with duckdb.connect(str(home / "reflection.duckdb"), read_only=True) as con:
+            return {t: sorted(con.execute(f"SELECT * FROM {t}").fetchall(), key=str) for t in tables}
+
+    before = registry_rows()
+    assert len(before["training.current_adapters"]) == 2
+    restored = rebuild(Database(home / "reflection.duckdb"))
+    assert restored.restored["training.adapter_records"] == 2 * trained
+    assert registry_rows() == before
+
