@@ -76,6 +76,9 @@ bench: setup
 	$(BIN)/python benchmarks/startup.py
 	$(BIN)/python benchmarks/train_memory.py
 
+# Everything local, the store's ledger of paid replies included (a new start, on purpose).
 clean:
 	rm -rf $(VENV) dagster_home/storage dagster_home/history dagster_home/schedules \
-	  dagster_home/logs dagster_home/reflection.duckdb dagster_home/artifacts
+	  dagster_home/logs dagster_home/reflection.duckdb dagster_home/reflection.duckdb.wal \
+	  dagster_home/reflection.duckdb.lock dagster_home/reflection.duckdb.ledger \
+	  dagster_home/reflection.duckdb.journal dagster_home/artifacts

@@ -16,6 +16,7 @@ import dagster as dg
 import duckdb
 import pytest
 
+from reflection_assets.engines.ledger import ledger_folder, read_segment, segment_paths
 from tests.conftest import alpaca_rows, write_json
 from tests.e2e.dagster_dev import BIN, dagster_dev, graphql, launch_partition_run
 from tests.fakes import reflection_oracle
@@ -109,6 +110,13 @@ def test_a_killed_reflection_run_is_recovered_by_the_next(tmp_path):
     with dg.DagsterInstance.from_config(str(home)) as instance:
         runs = instance.get_runs(filters=dg.RunsFilter(job_name="recycle_shards", tags={"reflection/pid": str(child.pid)}))
         assert [r.status for r in runs] == [dg.DagsterRunStatus.FAILURE]
+    # The ledger holds every stored reply exactly once: the killed run's segment was read up
+    # to its last line and stored by the rerun, which logged only what it bought itself.
+    logged = [row["request_key"] for path in segment_paths(ledger_folder(home / "reflection.duckdb"))
+              for event in read_segment(path).events if event["t"] == "oracle.replies" for row in event["rows"]]
+    with duckdb.connect(str(home / "reflection.duckdb"), read_only=True) as con:
+        stored = {key for (key,) in con.execute("SELECT request_key FROM oracle.replies").fetchall()}
+    assert len(logged) == len(set(logged)) == len(stored) == RECORDS and set(logged) == stored
 
 
 def test_a_run_waiting_for_the_pool_reports_and_stops_on_sigterm(tmp_path):
