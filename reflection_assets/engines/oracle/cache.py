@@ -12,9 +12,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
-from datetime import datetime
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 import polars as pl
 
