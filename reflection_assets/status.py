@@ -4,7 +4,7 @@ stale (and why), failed or running, and what the oracle and the judge cost per s
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import dagster as dg
@@ -28,6 +28,7 @@ class AssetStatus:
     in_progress: list[str] = field(default_factory=list)
     stale: dict[str, list[str]] = field(default_factory=dict)  # partition -> reasons
     missing: list[str] = field(default_factory=list)
+    done: list[str] = field(default_factory=list)  # the materialized partitions' labels
 
     def reasons(self) -> Counter[str]:
         return Counter(reason for reasons in self.stale.values() for reason in reasons)
@@ -105,6 +106,8 @@ def asset_statuses(instance: dg.DagsterInstance, defs: dg.Definitions, dataset: 
                     status.missing.append(label)
                 continue
             status.materialized += state == AssetPartitionStatus.MATERIALIZED
+            if state == AssetPartitionStatus.MATERIALIZED:
+                status.done.append(label)
             reasons = set()
             if resolver.get_status(key, partition) == StaleStatus.STALE:
                 causes = resolver.get_stale_causes(key, partition)
@@ -172,7 +175,10 @@ def render(
     statuses: Sequence[AssetStatus],
     spend: Sequence[tuple[str, int, int, float]],
     changes: Sequence[UnobservedChange] = (),
+    absent: Mapping[str, Sequence[str]] | None = None,
 ) -> list[str]:
+    """`absent`: per asset, the shards Dagster has materialized that the store has no rows
+    of (a store rebuilt from its ledger, or replaced)."""
     lines = [f"dataset {dataset}"]
     for change in changes:
         lines.append(
@@ -197,6 +203,9 @@ def render(
             lines.append(f"  {'':<{width}}    failed (latest run): {_listed(s.failed)}")
         if s.missing and s.materialized:
             lines.append(f"  {'':<{width}}    never materialized: {_listed(s.missing)}")
+        if (absent or {}).get(s.asset):
+            lines.append(f"  {'':<{width}}    materialized, but the store has no record of: {_listed(absent[s.asset])} "
+                         "(rebuilt or replaced since) — materialize again")
     if spend:
         lines.append("  oracle calls behind the current rows:")
         for stage, calls, tokens, cost in spend:

@@ -17,7 +17,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     from reflection_assets.dagster_instance import ensure_instance
     from reflection_assets.definitions import DATASET_ASSETS, RECORD_ASSETS, defs
     from reflection_assets.engines.lineage import oracle_spend
+    from reflection_assets.engines.shards import UPSTREAM, written_shards
     from reflection_assets.status import asset_statuses, render, unobserved_changes
+
+    by_shard = ("raw_dataset", *UPSTREAM)  # the stages that record the shards they wrote
 
     storage = storage_resource()
     registry = storage.registry()
@@ -30,7 +33,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     for number, spec in enumerate(specs):
         statuses = asset_statuses(instance, defs, spec.name, keys)
         changes = unobserved_changes(instance, statuses)
-        print(("\n" if number else "") + "\n".join(render(spec.name, statuses, oracle_spend(storage.db(), spec.name), changes)))
+        with storage.db().connect() as con:
+            written = {s.asset: written_shards(con, s.asset, spec.name) for s in statuses if s.asset in by_shard}
+        absent = {s.asset: [label for label in s.done if int(label) not in written[s.asset]]
+                  for s in statuses if s.asset in written}
+        print(("\n" if number else "") + "\n".join(render(spec.name, statuses, oracle_spend(storage.db(), spec.name), changes, absent)))
     from reflection_assets.engines.oracle.batch_store import LIVE, BatchStore
 
     live = [r for r in BatchStore(storage.db()).listed(args.dataset) if r.kind == "api" and r.status in LIVE]

@@ -107,8 +107,11 @@ def test_rebuild_from_the_ledger_sends_no_request(tmp_path, server, loss):
         aside = [p for p in database.parent.iterdir() if p.name.startswith("reflection.duckdb.damaged-")]
         assert aside and "moved aside" in rebuilt.stdout  # never deleted
     assert reflection("doctor", env=env).returncode == 0
+    status = reflection("status", env=env).stdout
+    assert status.count("the store has no record of: 00") == 4, status  # raw and the three reflection stages
     materialize_again(server, env, tmp_path)
     assert server.request_count == before
+    assert "no record of" not in reflection("status", env=env).stdout
 
 
 def test_a_store_from_before_the_ledger_is_backfilled(tmp_path, server):
