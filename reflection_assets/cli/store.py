@@ -51,7 +51,7 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     for table, count in result.restored.items():
         print(f"  {table}: {count} rows")
     for torn in result.torn:
-        print(f"  ledger: {torn} (the lines before it were restored)")
+        print(f"  ledger {torn} (every other line was restored)")
     sync_dataset_partitions(ensure_instance(), result.datasets)
     print("to compute again, locally (nothing here is paid):")
     for item in RECOMPUTED:

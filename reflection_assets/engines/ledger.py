@@ -250,12 +250,16 @@ def _complete_lines(data: bytes) -> tuple[list[dict], str | None]:
     events: list[dict] = []
     lines = data.split(b"\n")
     tail = lines.pop()  # after the last newline: empty, or a line the writer never finished
+    unreadable = []
     for number, line in enumerate(lines, 1):
         try:
             events.append(json.loads(line))
-        except ValueError:
-            return events, f"line {number} is not JSON; {len(lines) - number + 1} lines from it are skipped"
-    return events, (f"the last {len(tail)} bytes are an unfinished line" if tail else None)
+        except ValueError:  # damaged on disk: the lines around it still count
+            unreadable.append(number)
+    problems = [f"the last {len(tail)} bytes are an unfinished line"] if tail else []
+    if unreadable:
+        problems.insert(0, f"{len(unreadable)} lines are not JSON (line {unreadable[0]} first) and are skipped")
+    return events, "; ".join(problems) or None
 
 
 def _gunzip_tolerant(data: bytes) -> tuple[bytes, str | None]:

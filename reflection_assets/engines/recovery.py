@@ -63,7 +63,8 @@ def doctor(db: Database, backfill: bool = False) -> Checkup:
     folder = ledger_folder(db.path)
     state = read_ledger(folder)
     ledger_line = f"ledger {folder}: " + (_describe(state) if state.segments else "empty")
-    notes = [f"  {torn} (what a kill mid-write leaves; the lines before it are read)" for torn in state.torn]
+    # An unfinished last line is what a kill mid-write leaves; every complete line is read.
+    notes = [f"  {torn}" for torn in state.torn]
     if not db.path.exists():
         return Checkup(False, [
             f"store {db.path}: missing",

@@ -36,6 +36,10 @@ def test_a_torn_plain_line_and_a_torn_compressed_member(tmp_path):
     plain.write_text("\n".join(lines) + "\n" + lines[0][:20])
     segment = read_segment(plain)
     assert len(segment.events) == 50 and "unfinished line" in segment.torn
+    damaged = tmp_path / "d.jsonl"  # a line damaged on disk: the lines after it still count
+    damaged.write_text("\n".join([*lines[:10], "\x00garbage", *lines[10:]]) + "\n")
+    assert len(read_segment(damaged).events) == 50
+    assert read_segment(damaged).torn == "1 lines are not JSON (line 11 first) and are skipped"
     compressed = seal(plain)
     assert not plain.exists() and len(read_segment(compressed).events) == 50
     data = compressed.read_bytes()
