@@ -7,6 +7,7 @@ again sends no request and exports every record."""
 
 import json
 import random
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -42,21 +43,28 @@ def server():
         yield fake
 
 
-def reflected_home(tmp_path: Path, server: FakeOpenAI) -> tuple[Path, dict]:
-    home = tmp_path / "home"
+@pytest.fixture(scope="module")
+def reflected(tmp_path_factory, server) -> Path:
+    """100 records reflected once, through the command: the DAGSTER_HOME (store, ledger,
+    instance) each test here copies and then damages, deletes or extends."""
+    folder = tmp_path_factory.mktemp("reflected")
+    home = folder / "home"
     env = make_env(home, server)
-    source = write_json(tmp_path / "h.json", alpaca_rows(RECORDS))
+    source = write_json(folder / "h.json", alpaca_rows(RECORDS))
     assert reflection("datasets", "add", "h", str(source), env=env).returncode == 0
     before = server.request_count
     first = reflection(*STAGES, env=env)
     assert first.returncode == 0, first.stderr
     assert server.request_count - before >= 2 * RECORDS  # both phases paid
-    # A batch record too (an exported batch file): the ledger keeps what `reflection batch
-    # import` needs to take a provider's results for these requests.
-    database = home / "reflection.duckdb"
-    with duckdb.connect(str(database), read_only=True) as con:
+    with duckdb.connect(str(home / "reflection.duckdb"), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM reflect.recycled").fetchone()[0] == RECORDS
-    return home, env
+    return home
+
+
+def reflected_home(tmp_path: Path, reflected: Path, server: FakeOpenAI) -> tuple[Path, dict]:
+    home = tmp_path / "home"
+    shutil.copytree(reflected, home)
+    return home, make_env(home, server)
 
 
 def materialize_again(server: FakeOpenAI, env: dict, tmp_path: Path) -> None:
@@ -71,8 +79,8 @@ def materialize_again(server: FakeOpenAI, env: dict, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("loss", ["damaged", "deleted"])
-def test_rebuild_from_the_ledger_sends_no_request(tmp_path, server, loss):
-    home, env = reflected_home(tmp_path, server)
+def test_rebuild_from_the_ledger_sends_no_request(tmp_path, reflected, server, loss):
+    home, env = reflected_home(tmp_path, reflected, server)
     database = home / "reflection.duckdb"
     with duckdb.connect(str(database), read_only=True) as con:
         replies = con.execute("SELECT count(*) FROM oracle.replies").fetchone()[0]
@@ -114,10 +122,10 @@ def test_rebuild_from_the_ledger_sends_no_request(tmp_path, server, loss):
     assert "no record of" not in reflection("status", env=env).stdout
 
 
-def test_a_store_from_before_the_ledger_is_backfilled(tmp_path, server):
+def test_a_store_from_before_the_ledger_is_backfilled(tmp_path, reflected, server):
     """doctor --backfill copies what the store holds and the ledger lacks (a store made by an
     earlier version), so a rebuild restores it too."""
-    home, env = reflected_home(tmp_path, server)
+    home, env = reflected_home(tmp_path, reflected, server)
     ledger = home / "reflection.duckdb.ledger"
     for segment in ledger.iterdir():
         segment.unlink()  # as a store made before the ledger existed
@@ -131,11 +139,11 @@ def test_a_store_from_before_the_ledger_is_backfilled(tmp_path, server):
     materialize_again(server, env, tmp_path)
 
 
-def test_a_batch_record_survives_a_rebuild(tmp_path, server):
+def test_a_batch_record_survives_a_rebuild(tmp_path, reflected, server):
     """Requests exported as a batch file before the store was lost: after a rebuild the batch
     is listed as it was and the provider's results import against its restored requests, so
     materializing sends nothing."""
-    home, env = reflected_home(tmp_path, server)
+    home, env = reflected_home(tmp_path, reflected, server)
     source = write_json(tmp_path / "g.json", alpaca_rows(10, seed="g"))
     assert reflection("datasets", "add", "g", str(source), env=env).returncode == 0
     assert reflection("run", "--dataset", "g", "--select", "raw_dataset", env=env).returncode == 0
