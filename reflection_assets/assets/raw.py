@@ -55,13 +55,14 @@ def raw_dataset(
     reason. Tables: raw.records, raw.rejects (DuckDB)."""
     dataset, shard = dataset_and_shard(context)
     db = storage.db()
-    with user_errors_fail_the_step():
+    with user_errors_fail_the_step(), db.held():  # reading and writing the store only
         spec = storage.registry().get(dataset)
         staged = stage_version(db, spec, SHARD_COUNT, config.max_record_chars)
+        point_shard(db, dataset, shard, staged.version)
+        summary = shard_summary(db, dataset, shard)
+        fingerprint = shard_fingerprint(db, dataset, shard)
     if staged.parsed_now:
         context.log.info(f"parsed {staged.rows_read} rows of {staged.source_path}")
-    point_shard(db, dataset, shard, staged.version)
-    summary = shard_summary(db, dataset, shard)
     share = summary.reject_share
     check = dg.AssetCheckResult(
         check_name="reject_share",
@@ -85,5 +86,5 @@ def raw_dataset(
             "rejects_preview": markdown_table(summary.reject_preview),
         },
         check_results=[check],
-        data_version=dg.DataVersion(shard_fingerprint(db, dataset, shard)),
+        data_version=dg.DataVersion(fingerprint),
     )

@@ -166,15 +166,14 @@ def reflected_instructions(
     with user_errors_fail_the_step():
         pairs = phase1_pairs(db, dataset, shard)
     results = reflect_instructions(client, pairs, _repair(config, client))
-    write_instruction_results(db, dataset, shard, results, client.fingerprint(version), version)
-    metadata = _phase_metadata(
-        results, client, {"instruction": ("instruction", NEW_INSTRUCTION), "output": ("output", NEW_ANSWER)}
-    )
-    metadata["served_by"] = served_by(db, "instructions", dataset, shard)
-    return dg.MaterializeResult(
-        metadata=metadata,
-        check_results=_health_checks(db, "instructions", dataset, shard, config, client),
-    )
+    with db.held():
+        write_instruction_results(db, dataset, shard, results, client.fingerprint(version), version)
+        metadata = _phase_metadata(
+            results, client, {"instruction": ("instruction", NEW_INSTRUCTION), "output": ("output", NEW_ANSWER)}
+        )
+        metadata["served_by"] = served_by(db, "instructions", dataset, shard)
+        checks = _health_checks(db, "instructions", dataset, shard, config, client)
+    return dg.MaterializeResult(metadata=metadata, check_results=checks)
 
 
 @dg.asset(**_oracle_stage("reflected_responses", reflected_instructions))
@@ -190,7 +189,7 @@ def reflected_responses(
     `original`). Table: reflect.responses."""
     dataset, shard = dataset_and_shard(context)
     db = storage.db()
-    with user_errors_fail_the_step():
+    with user_errors_fail_the_step(), db.held():
         variants = response_variants(db, dataset, shard, config.also_original)
     client = llm_client(context, "oracle", oracle, storage)
     version = prompt_version(client)
@@ -203,14 +202,13 @@ def reflected_responses(
     for name, (pairs, ids) in variants.items():
         by_variant[name] = (all_results[start : start + len(pairs)], ids)
         start += len(pairs)
-    write_response_results(db, dataset, shard, by_variant, client.fingerprint(version), version)
-    metadata = _phase_metadata(by_variant["chain"][0], client, {"output": ("output", BETTER_ANSWER)})
-    metadata["variants"] = sorted(variants)
-    metadata["served_by"] = served_by(db, "responses", dataset, shard)
-    return dg.MaterializeResult(
-        metadata=metadata,
-        check_results=_health_checks(db, "responses", dataset, shard, config, client),
-    )
+    with db.held():
+        write_response_results(db, dataset, shard, by_variant, client.fingerprint(version), version)
+        metadata = _phase_metadata(by_variant["chain"][0], client, {"output": ("output", BETTER_ANSWER)})
+        metadata["variants"] = sorted(variants)
+        metadata["served_by"] = served_by(db, "responses", dataset, shard)
+        checks = _health_checks(db, "responses", dataset, shard, config, client)
+    return dg.MaterializeResult(metadata=metadata, check_results=checks)
 
 
 @dg.asset(
@@ -233,9 +231,9 @@ def recycled_dataset(
     requests. Table: reflect.recycled."""
     dataset, shard = dataset_and_shard(context)
     db = storage.db()
-    with user_errors_fail_the_step():
+    with user_errors_fail_the_step(), db.held():
         rows = write_recycled(db, dataset, shard, config.mode)
-    summary = recycled_summary(db, dataset, shard)
+        summary = recycled_summary(db, dataset, shard)
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": rows,

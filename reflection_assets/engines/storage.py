@@ -88,18 +88,41 @@ class _StoreLock:
 
     def __init__(self, path: Path):
         self.path = path
-        self.guard = threading.Lock()
+        self.guard = threading.Condition()
         self.count = 0
         self.fd: int | None = None
+        self.read_only = False  # the mode of the connections open in this hold
+        self.readers: dict[int, int] = {}  # thread -> its read-only connections open
+        # What opening and checkpointing this store cost here (see Database._checkpoint_due).
+        self.bare_open_s = BARE_OPEN_S
+        self.replay_s = 0.0  # the WAL replay the first open of this hold paid
+        self.checkpoint_s: float | None = None
 
-    def acquire(self, timeout_s: float, database: Path) -> None:
+    def acquire(self, timeout_s: float, database: Path, read_only: bool = False) -> bool:
+        """Take the store for this process (or join this process's hold) and say in which
+        mode to open it: DuckDB opens a file in one mode per process, so a read inside a
+        hold that writes opens read-write, and a write waits for the reads open in other
+        threads to close."""
         global _waited_s
         asked = time.monotonic()
+        me = threading.get_ident()
         with self.guard:
+            while self.count and self.read_only and not read_only:
+                if me in self.readers:
+                    raise RuntimeError(f"{database}: a write inside this thread's read-only connection")
+                self.guard.wait()
             if self.count == 0:
                 self.fd = self._take(timeout_s, database)
+                self.read_only = read_only
             self.count += 1
+            if self.read_only:
+                self.readers[me] = self.readers.get(me, 0) + 1
             _waited_s += time.monotonic() - asked
+            return self.read_only
+
+    def last(self) -> bool:
+        """Whether the one connection open is the caller's: closing it closes DuckDB's file."""
+        return self.count == 1
 
     def _take(self, timeout_s: float, database: Path) -> int:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -134,13 +157,23 @@ class _StoreLock:
                 delay = min(delay * 2, 0.02)
 
     def release(self) -> None:
+        me = threading.get_ident()
         with self.guard:
             self.count -= 1
+            if self.read_only and me in self.readers:
+                self.readers[me] -= 1
+                if not self.readers[me]:
+                    del self.readers[me]
             if self.count == 0 and self.fd is not None:
                 fcntl.lockf(self.fd, fcntl.LOCK_UN, 1, self.STORE)
                 os.close(self.fd)
                 self.fd = None
+                self.guard.notify_all()
 
+
+# A bare open of a store (no WAL to replay) measured 25 to 40 ms on 2 cores, whatever the
+# store's size; a faster one seen here lowers it.
+BARE_OPEN_S = 0.05
 
 _waited_s = 0.0  # how long this process's connections waited for the store, in all
 
@@ -179,12 +212,14 @@ class Database:
         """Where this store's paid work is also kept (engines/ledger.py)."""
         return ledger_for(self.path)
 
-    def _open(self, read_only: bool) -> duckdb.DuckDBPyConnection:
+    def _open(self, read_only: bool) -> tuple[duckdb.DuckDBPyConnection, float]:
         deadline = time.monotonic() + self.lock_timeout_s
         delay = 0.05
         while True:
             try:
-                return duckdb.connect(str(self.path), read_only=read_only, config=self.config)
+                started = time.perf_counter()
+                con = duckdb.connect(str(self.path), read_only=read_only, config=self.config)
+                return con, time.perf_counter() - started
             except duckdb.Error as exc:
                 if not (isinstance(exc, duckdb.IOException) and _is_lock_conflict(exc)):
                     if is_damage(exc) or (self.path.exists() and not isinstance(exc, duckdb.IOException)):
@@ -243,23 +278,40 @@ class Database:
 
     @contextmanager
     def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection, open for the block. The first connection of a hold opens the file
+        (and replays its WAL); connections opened while another of this process is open share
+        DuckDB's open file and cost a fraction of a millisecond (see held)."""
         self._check_not_lost()
         if read_only and not self.path.exists():
             raise StorageError(f"{self.path}: no database yet; register a dataset first")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         lock = store_lock(self.path)
-        lock.acquire(self.lock_timeout_s, self.path)
+        read_only = lock.acquire(self.lock_timeout_s, self.path, read_only)
         try:
-            con = self._open(read_only)
+            first = lock.last()
+            con, open_s = self._open(read_only)
+            if first:
+                lock.bare_open_s = min(lock.bare_open_s, open_s)
+                lock.replay_s = open_s - lock.bare_open_s
             try:
                 if not read_only:
-                    # Closing does not checkpoint: on a large store a checkpoint rewrites the
-                    # primary-key indexes (1.5 s on a 0.8 GB store), which would sit on every
-                    # write. The WAL is replayed on the next open (tens of ms per MB) and
-                    # checkpointed when it passes checkpoint_threshold (16 MiB by default).
+                    # Closing does not checkpoint by itself: on a large store a checkpoint
+                    # rewrites the primary-key indexes (1.5 s on a 0.8 GB store), which would
+                    # sit on every write; the last close of a hold checkpoints when the WAL
+                    # has grown to cost more to replay than that (_checkpoint_due).
                     con.execute("PRAGMA disable_checkpoint_on_shutdown")
                     self._ensure_schema(con)
                 yield con
+                if not read_only and lock.last() and self._checkpoint_due(lock):
+                    started = time.perf_counter()
+                    try:
+                        con.execute("CHECKPOINT")
+                    except duckdb.Error as exc:  # another thread's transaction: the next close
+                        if is_damage(exc):
+                            raise
+                    else:
+                        lock.checkpoint_s = time.perf_counter() - started
+                        lock.replay_s = 0.0
             except duckdb.Error as exc:
                 if is_damage(exc):
                     raise DamagedStore(self.path, f"damaged ({exc})") from None
@@ -271,6 +323,27 @@ class Database:
                     pass  # a damaged store may not close cleanly; what it said is raised above
         finally:
             lock.release()
+
+    @staticmethod
+    def _checkpoint_due(lock: _StoreLock) -> bool:
+        """Whether to checkpoint at this close. Every open replays the WAL, at about 0.5 ms
+        per commit whatever the commit's size (a WAL of 1,000 one-row commits: 0.4 to 0.6 s
+        an open, on a 0.15 to 0.3 GB store; a bare open 25 ms), and a step opens the store
+        several times, while a checkpoint is paid once (0.1 s on a small store, 0.7 to 1.3 s
+        on those): checkpoint when the replay the hold's open paid reaches a quarter of what
+        the last checkpoint here cost (of 0.2 s before one was measured). DuckDB's own
+        checkpoint_threshold (16 MiB of WAL) still applies. Measured in
+        benchmarks/store_write.py."""
+        return lock.replay_s * 4 >= (lock.checkpoint_s if lock.checkpoint_s is not None else 0.2)
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """Hold the store for a run of reads and writes with nothing slow between them (no
+        oracle call, no model): the connections opened inside share one open of the file
+        instead of each replaying the WAL. Never around a wait on the network or a model:
+        other processes queue on the store meanwhile."""
+        with self.connect():
+            yield
 
     @contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
