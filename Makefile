@@ -71,6 +71,7 @@ bench: setup
 	$(BIN)/python benchmarks/local_batch.py
 	$(BIN)/python benchmarks/demo_stages.py
 	$(BIN)/python benchmarks/store_write.py
+	$(BIN)/python benchmarks/store_opens.py
 	$(BIN)/python benchmarks/ledger_cost.py
 	$(BIN)/python benchmarks/daemon_backfill.py
 	$(BIN)/python benchmarks/startup.py
