@@ -6,7 +6,8 @@ write, close), and while it is open its process holds an exclusive lock beside t
 (`<database>.lock`, POSIX byte-range locks: see _StoreLock). Other processes queue on that
 lock (polling every 1 to 20 ms) instead of failing on DuckDB's own lock, so run workers,
 `reflection run`, the daemon and the CLI's readers share the file without a Dagster pool;
-the threads of one process share their process's hold. Nothing here is held while a step
+the threads of one process share their process's hold, and the connections opened within
+one hold share one open of the file (`Database.held`: every open replays the WAL). Nothing here is held while a step
 waits on the network, trains, generates or scores: see benchmarks/store_write.py for what a
 write costs on a large store."""
 
@@ -332,8 +333,8 @@ class Database:
         several times, while a checkpoint is paid once (0.1 s on a small store, 0.7 to 1.3 s
         on those): checkpoint when the replay the hold's open paid reaches a quarter of what
         the last checkpoint here cost (of 0.2 s before one was measured). DuckDB's own
-        checkpoint_threshold (16 MiB of WAL) still applies. Measured in
-        benchmarks/store_write.py."""
+        checkpoint_threshold (16 MiB of WAL) still applies. benchmarks/store_opens.py measures
+        it against no rule, side by side."""
         return lock.replay_s * 4 >= (lock.checkpoint_s if lock.checkpoint_s is not None else 0.2)
 
     @contextmanager
