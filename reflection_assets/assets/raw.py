@@ -55,9 +55,11 @@ def raw_dataset(
     reason. Tables: raw.records, raw.rejects (DuckDB)."""
     dataset, shard = dataset_and_shard(context)
     db = storage.db()
-    with user_errors_fail_the_step(), db.held():  # reading and writing the store only
+    with user_errors_fail_the_step():
         spec = storage.registry().get(dataset)
+        # Parses the source outside the store when this version is new (it can take minutes).
         staged = stage_version(db, spec, SHARD_COUNT, config.max_record_chars)
+    with db.held():  # the store only: one open for the pointer, the summary and the fingerprint
         point_shard(db, dataset, shard, staged.version)
         summary = shard_summary(db, dataset, shard)
         fingerprint = shard_fingerprint(db, dataset, shard)
