@@ -14,6 +14,7 @@ from pathlib import Path
 import polars as pl
 
 from reflection_assets.engines.adapters import VARIANT_SOURCES, held_out
+from reflection_assets.engines.decoding import greedy_decode
 from reflection_assets.engines.storage import Database
 from reflection_assets.engines.testsets import TestPrompt
 from reflection_assets.errors import UserError
@@ -148,21 +149,12 @@ class LoadedModel:
         lm.to(getattr(torch, dtype))
         encoded = tokenizer([self.prompt(t) for t in texts], return_tensors="pt", padding=True, add_special_tokens=False)
         encoded = {k: v.to(lm.device) for k, v in encoded.items()}
-        with torch.inference_mode():
-            output = lm.generate(
-                **encoded,
-                max_new_tokens=settings.max_new_tokens,
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-            )
-        width = encoded["input_ids"].shape[1]
+        # Each answer leaves the batch when it ends (engines/decoding.py): generate's greedy
+        # tokens without computing the finished answers' padding.
+        decoded = greedy_decode(lm, encoded["input_ids"], encoded["attention_mask"], settings.max_new_tokens, tokenizer.eos_token_id)
         answers = []
-        for row in output:
-            new = row[width:].tolist()
-            ended = tokenizer.eos_token_id in new
-            kept = new[: new.index(tokenizer.eos_token_id)] if ended else [t for t in new if t != tokenizer.pad_token_id]
-            answers.append((tokenizer.decode(kept, skip_special_tokens=True).strip(), "stop" if ended else "length", len(kept)))
+        for d in decoded:
+            answers.append((tokenizer.decode(d.tokens, skip_special_tokens=True).strip(), "stop" if d.ended else "length", len(d.tokens)))
         return answers
 
 

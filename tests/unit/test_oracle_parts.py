@@ -189,7 +189,7 @@ def test_redaction_hides_keys():
 def test_backend_defaults_and_local_precision_in_the_identity():
     assert OracleSettings(backend="openai", model="m").max_tokens == 2048
     local = OracleSettings()
-    assert local.max_tokens == 256 and local.batch_size == 32 and local.repetition_penalty == 1.1
+    assert local.max_tokens == 256 and local.batch_size == 64 and local.repetition_penalty == 1.1
     assert OracleSettings(dtype="float32").sampling.backend == "local/float32/rp1.1/nr6"
     off = OracleSettings(dtype="bfloat16", repetition_penalty=1.0, no_repeat_ngram=0)
     assert off.sampling.backend == "local/bfloat16"

@@ -148,6 +148,11 @@ class LocalBackend:
     strings end a reply (and are cut from it); a YES_SCORE constraint makes the reply one
     whole number from 1 to 10, from how likely the model is to answer Yes rather than No."""
 
+    # Greedy replies come from engines/decoding.py (each leaves the batch when it ends, a
+    # beginning the batch shares is computed once). False: from `generate`, as sampled
+    # replies are; benchmarks/local_batch.py times both ways side by side.
+    pruned_decoding = True
+
     def __init__(self, settings: OracleSettings, artifacts: str | Path):
         self.settings = settings
         self.artifacts = artifacts
@@ -245,38 +250,32 @@ class LocalBackend:
         return self._texts(requests)
 
     def _texts(self, requests: list[OracleRequest]) -> list[BackendReply]:
-        import torch
-
         model, tokenizer = self._model, self._tokenizer
         encoded = self._encode(requests)
         first = requests[0]
-        sampling = first.sampling
-        options: dict[str, object] = {"max_new_tokens": sampling.max_tokens, "do_sample": False}
-        if self.settings.repetition_penalty != 1.0:
-            options["repetition_penalty"] = self.settings.repetition_penalty
-        if self.settings.no_repeat_ngram:
-            options["no_repeat_ngram_size"] = self.settings.no_repeat_ngram
-        if first.stop:
-            # Each sequence stops at its own stop string; the batch ends when all have.
-            options.update(stop_strings=list(first.stop), tokenizer=tokenizer)
-        if sampling.temperature > 0:
-            options.update(do_sample=True, temperature=sampling.temperature)
-            if sampling.seed is not None:
-                torch.manual_seed(sampling.seed)
-        with torch.inference_mode():
-            output = model.generate(
-                **encoded, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **options
-            )
-        prompt_width = encoded["input_ids"].shape[1]
+        stops = list(first.stop)
+        if first.sampling.temperature > 0 or not self.pruned_decoding:
+            decoded = self._generated(encoded, first)
+        else:
+            # The tokens `generate` would give, without computing finished rows' padding.
+            from reflection_assets.engines.decoding import greedy_decode
+
+            def stopped(tokens: list[int]) -> bool:
+                text = tokenizer.decode(tokens[-64:], skip_special_tokens=True)
+                return any(s in text for s in stops)
+
+            decoded = [
+                (d.tokens, d.ended)
+                for d in greedy_decode(
+                    model, encoded["input_ids"], encoded["attention_mask"], first.sampling.max_tokens,
+                    tokenizer.eos_token_id, self.settings.repetition_penalty, self.settings.no_repeat_ngram,
+                    stopped if stops else None,
+                )
+            ]
         replies = []
-        for row, mask in zip(output, encoded["attention_mask"], strict=True):
-            new = row[prompt_width:].tolist()
-            ended = tokenizer.eos_token_id in new
-            completion = new[: new.index(tokenizer.eos_token_id)] if ended else new
-            if not ended:
-                completion = [t for t in completion if t != tokenizer.pad_token_id]
+        for (completion, ended), mask in zip(decoded, encoded["attention_mask"], strict=True):
             text = tokenizer.decode(completion, skip_special_tokens=True)
-            cut = min((i for i in (text.find(s) for s in first.stop) if i >= 0), default=-1)
+            cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
             if cut >= 0:
                 text, ended = text[:cut], True
             replies.append(
@@ -289,6 +288,40 @@ class LocalBackend:
                 )
             )
         return replies
+
+    def _generated(self, encoded, first: OracleRequest) -> list[tuple[list[int], bool]]:
+        """(new tokens, ended) per row from `generate`: sampled at the request's temperature
+        above 0, else greedy."""
+        import torch
+
+        model, tokenizer = self._model, self._tokenizer
+        sampling = first.sampling
+        options: dict[str, object] = {"max_new_tokens": sampling.max_tokens, "do_sample": False}
+        if sampling.temperature > 0:
+            options.update(do_sample=True, temperature=sampling.temperature)
+            if sampling.seed is not None:
+                torch.manual_seed(sampling.seed)
+        if self.settings.repetition_penalty != 1.0:
+            options["repetition_penalty"] = self.settings.repetition_penalty
+        if self.settings.no_repeat_ngram:
+            options["no_repeat_ngram_size"] = self.settings.no_repeat_ngram
+        if first.stop:
+            # Each sequence stops at its own stop string; the batch ends when all have.
+            options.update(stop_strings=list(first.stop), tokenizer=tokenizer)
+        with torch.inference_mode():
+            output = model.generate(
+                **encoded, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **options
+            )
+        prompt_width = encoded["input_ids"].shape[1]
+        decoded = []
+        for row in output:
+            new = row[prompt_width:].tolist()
+            ended = tokenizer.eos_token_id in new
+            completion = new[: new.index(tokenizer.eos_token_id)] if ended else new
+            if not ended:
+                completion = [t for t in completion if t != tokenizer.pad_token_id]
+            decoded.append((completion, ended))
+        return decoded
 
     def _yes_scores(self, requests: list[OracleRequest]) -> list[BackendReply]:
         """round(1 + 9 p), p = P(Yes) / (P(Yes) + P(No)) for the reply's first token (either
