@@ -49,6 +49,8 @@ def greedy_decode(
     import torch
     from transformers import DynamicCache, NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor
 
+    if not bool(attention_mask[:, -1].all()):
+        raise ValueError("greedy_decode needs left-padded prompts (the tokenizer's padding_side 'left')")
     ends = {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id or ())
     rows = list(range(input_ids.shape[0]))  # the original row of each row still in the batch
     tokens: list[list[int]] = [[] for _ in rows]

@@ -129,3 +129,9 @@ def test_a_shared_beginning_computed_once_gives_the_same_tokens(model):
     expected = reference(model, joined, joined_mask, 20, eos, repetition_penalty=1.2, no_repeat_ngram_size=4)
     got = greedy_decode(model, joined, joined_mask, 20, eos, repetition_penalty=1.2, no_repeat_ngram=4)
     assert [(d.tokens, d.ended) for d in got] == expected
+
+
+def test_right_padded_prompts_are_refused(model):
+    ids, mask = batch([3, 7])
+    with pytest.raises(ValueError, match="left-padded"):
+        greedy_decode(model, ids.flip(1), mask.flip(1), 4, 60)
