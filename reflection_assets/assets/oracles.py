@@ -30,7 +30,7 @@ def described(settings: OracleSettings, prompt_version: str, served: ServedIdent
         "fingerprint": fingerprint,
         "backend": settings.backend,
         "model": settings.model,
-        "base_url": settings.base_url or ("in-process" if settings.backend == "local" else "the SDK default"),
+        "base_url": settings.base_url or ("in-process" if settings.kind.in_process else "the SDK default"),
         "temperature": settings.temperature,
         "max_tokens": settings.max_tokens or 0,
         "prompt_profile": settings.prompt_profile,

@@ -103,7 +103,7 @@ def _phase_metadata(results: list[PhaseResult], client: OracleClient, before_aft
 
 
 def _repair(config: ReflectionConfig, client: OracleClient) -> bool:
-    return repair_calls(config.repair, client.settings.backend)
+    return repair_calls(config.repair, client.settings.kind.repair_default)
 
 
 def _health_checks(
@@ -114,7 +114,7 @@ def _health_checks(
     share = health.ok / health.rows if health.rows else 1.0
     severity = config.ok_share_severity
     if severity == "auto":
-        severity = "WARN" if client.settings.backend == "local" else "ERROR"
+        severity = client.settings.kind.ok_share_severity
     return [
         dg.AssetCheckResult(
             check_name="ok_share",

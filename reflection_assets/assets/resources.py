@@ -14,6 +14,7 @@ from pydantic import Field, create_model
 from reflection_assets.engines.datasets import DatasetRegistry
 from reflection_assets.engines.oracle.batch import BatchScope
 from reflection_assets.engines.oracle.client import OracleClient
+from reflection_assets.engines.oracle.kinds import KINDS
 from reflection_assets.engines.oracle.settings import (
     JUDGE_PREFIX,
     ORACLE_PREFIX,
@@ -48,7 +49,8 @@ def oracle_pool(environ: Optional[Mapping[str, str]] = None) -> Optional[str]:
     (REFLECTION_ORACLE_BACKEND unset or `local`, as the code location loads), none for an
     endpoint, whose limits are the client's (concurrency, RPM, TPM)."""
     environ = os.environ if environ is None else environ
-    return step_pool((environ.get(ORACLE_PREFIX + "BACKEND") or "local") == "local", environ)
+    kind = KINDS.get(environ.get(ORACLE_PREFIX + "BACKEND") or "local")
+    return step_pool(kind is not None and kind.in_process, environ)
 
 
 class StorageResource(DuckDBResource):

@@ -33,7 +33,7 @@ def cmd_batch_export(args: argparse.Namespace) -> int:
     client = resource.client(storage, served=served, client_class=DeferringClient)
     shards = [int(key) for key in SHARDS.get_partition_keys()]
     # The stage's default settings (`repair: auto`, `also_original: true`).
-    requests = stage_requests(client, storage.db(), args.dataset, shards, args.stage, repair_calls("auto", settings.backend))
+    requests = stage_requests(client, storage.db(), args.dataset, shards, args.stage, repair_calls("auto", settings.kind.repair_default))
     out = Path(args.out)
     write_export(
         BatchStore(storage.db()), requests, out, role="oracle", model=settings.model,

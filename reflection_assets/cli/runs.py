@@ -167,7 +167,7 @@ def _sends_ahead(settings) -> bool:
     (measured in benchmarks/local_batch.py: 1.4x from batch 8 to 16, 1.6x to 32) while one
     shard of a small dataset holds a few records. An endpoint serves shards one after the
     other at its own concurrency."""
-    return settings.mode == "batch" or settings.backend == "local"
+    return settings.mode == "batch" or settings.kind.sends_ahead
 
 
 def _record_groups(record_keys, per_shard: bool = False):
@@ -223,12 +223,12 @@ def _send_ahead(instance, dataset: str, stage: str, shards, asset_config: dict) 
     settings = resource.settings()
     served = served_identity_for(instance, "oracle", settings)
     config = asset_config.get(stage, {})
-    repair = repair_calls(config.get("repair", "auto"), settings.backend)
+    repair = repair_calls(config.get("repair", "auto"), settings.kind.repair_default)
     log = _stderr_log("reflection.oracle.ahead", logging.INFO)
     numbers = [int(s) for s in (shards or SHARDS.get_partition_keys())]
     how = "batch mode" if settings.mode == "batch" else "embedded oracle"
     print(f"{how}: sending ahead what {stage} needs for {len(numbers)} shard(s) of {dataset}"
-          + (", in batches across shards" if settings.backend == "local" else ""), file=sys.stderr)
+          + (", in batches across shards" if settings.kind.sends_ahead else ""), file=sys.stderr)
 
     def make_client(cls):
         return resource.client(storage, log, served, BatchScope("oracle", dataset, stage, None), client_class=cls)
@@ -374,10 +374,10 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
         return Role(settings[name], make_client)
 
-    backend = settings["oracle"].backend
+    repair_default = settings["oracle"].kind.repair_default
     stage_config = StageConfig(
-        repair_instructions=repair_calls(phase1.repair, backend),
-        repair_responses=repair_calls(phase2.repair, backend),
+        repair_instructions=repair_calls(phase1.repair, repair_default),
+        repair_responses=repair_calls(phase2.repair, repair_default),
         also_original=phase2.also_original,
     )
     plan = None

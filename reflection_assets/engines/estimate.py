@@ -119,7 +119,7 @@ def _offline_tokenizer(settings: OracleSettings, artifacts):
     name's tokenizer when it is a Hugging Face id already in the local cache (a vLLM server
     serves such names); None otherwise. Never downloads."""
     try:
-        if settings.backend == "local":
+        if settings.kind.in_process:
             from reflection_assets.engines.models import load_tokenizer
 
             tokenizer = load_tokenizer(settings.model, artifacts)
@@ -459,7 +459,7 @@ def observed_pace(db: Database, settings: OracleSettings, prompt_version: str) -
         ).fetchall()
     if not rows:
         return None
-    if settings.backend != "local":
+    if not settings.kind.in_process:  # concurrent requests
         return sum(latency for _, latency in rows) / len(rows) / settings.max_concurrency
     burst = [rows[0]]
     for row in rows[1:]:

@@ -58,12 +58,13 @@ class PhaseResult:
         return self.outcome == Outcome.OK
 
 
-def repair_calls(setting: str, backend: str) -> bool:
+def repair_calls(setting: str, default: bool) -> bool:
     """Whether a reply that failed to parse gets one follow-up call (the stages' `repair`
-    setting): `auto` is on for endpoints and off for the embedded model, whose failed replies
-    are echo loops that a second call does not fix."""
+    setting): `auto` is the backend's `repair_default` (engines/oracle/kinds.py: on for
+    endpoints, off for the embedded model, whose failed replies are echo loops that a second
+    call does not fix)."""
     if setting == "auto":
-        return backend != "local"
+        return default
     return setting == "on"
 
 

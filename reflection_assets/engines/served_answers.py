@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from reflection_assets.engines.answers import BenchmarkError, GenerationSettings, Log, Model
+from reflection_assets.engines.oracle.kinds import BACKENDS, kind_of
 from reflection_assets.engines.storage import Database
 
 PREFIX = "REFLECTION_ANSWERS_"
-BACKENDS = ("local", "openai")
 # Part of every answer request's key: a change of how answers are asked is a new request.
 PROMPT_VERSION = "answers-v1"
 
@@ -56,7 +56,7 @@ class AnswersBackend:
 
     @property
     def served(self) -> bool:
-        return self.kind == "openai"
+        return not kind_of(self.kind).in_process
 
     def key_part(self) -> dict[str, str]:
         """What the answers' cache key and the benchmark run id add for this backend:

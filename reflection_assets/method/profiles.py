@@ -13,12 +13,12 @@ AUTO, PAPER, COMPACT = "auto", "paper", "compact"
 PROMPT_SETTINGS = (AUTO, PAPER, COMPACT)
 
 
-def resolve_profile(setting: str, backend: str) -> str:
+def resolve_profile(setting: str, default: str) -> str:
+    """The profile a `prompts` setting names; `auto` is the backend's `default`
+    (engines/oracle/kinds.py: compact for the local backend, paper for endpoints)."""
     if setting not in PROMPT_SETTINGS:
         raise SettingsError(f"prompts {setting!r}: expected one of {', '.join(PROMPT_SETTINGS)}")
-    if setting == AUTO:
-        return COMPACT if backend == "local" else PAPER
-    return setting
+    return default if setting == AUTO else setting
 
 
 def reflection_version(profile: str) -> str:

@@ -4,6 +4,8 @@ writes them (ended by its end-of-turn token, seldom by [End], sometimes restatin
 
 import pytest
 
+from reflection_assets.engines.oracle.kinds import kind_of
+from reflection_assets.engines.oracle.settings import OracleSettings
 from reflection_assets.method import compact_prompts
 from reflection_assets.method.judging import compact_judge_messages, parse_scores
 from reflection_assets.method.parsing import Outcome, parse_continuation
@@ -11,11 +13,14 @@ from reflection_assets.method.profiles import resolve_profile
 
 
 def test_profiles_resolve_by_backend():
-    assert resolve_profile("auto", "local") == "compact"
-    assert resolve_profile("auto", "openai") == "paper"
-    assert resolve_profile("compact", "openai") == "compact"
+    local, endpoint = kind_of("local").default_profile, kind_of("openai").default_profile
+    assert resolve_profile("auto", local) == "compact"
+    assert resolve_profile("auto", endpoint) == "paper"
+    assert resolve_profile("compact", endpoint) == "compact"
     with pytest.raises(ValueError, match="expected one of auto, paper, compact"):
-        resolve_profile("tiny", "local")
+        resolve_profile("tiny", local)
+    assert OracleSettings(backend="local").prompt_profile == "compact"
+    assert OracleSettings(backend="openai", model="m").prompt_profile == "paper"
 
 
 def test_compact_prompts_open_the_section_and_fold_the_input():

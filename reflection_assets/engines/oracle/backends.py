@@ -351,6 +351,6 @@ class LocalBackend:
 
 
 def make_backend(settings: OracleSettings, artifacts: str | Path) -> Backend:
-    if settings.backend == "openai":
-        return OpenAIBackend(settings)
-    return LocalBackend(settings, artifacts)
+    if settings.kind.in_process:
+        return LocalBackend(settings, artifacts)
+    return OpenAIBackend(settings)

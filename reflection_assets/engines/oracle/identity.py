@@ -42,7 +42,7 @@ def probe(settings: OracleSettings) -> ServedIdentity | None:
     """What serves `settings.model` now, or None when the probe is off."""
     if settings.probe == PROBE_OFF:
         return None
-    if settings.backend == "local":
+    if settings.kind.in_process:  # its files say what it is
         return ServedIdentity(settings.model, None, local_details(settings.model), settings.probe)
     return _probe_endpoint(settings)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from reflection_assets.engines.oracle.kinds import kind_of
+
 # (input, output) $ per 1M tokens, list prices when this table was written. Override with
 # REFLECTION_ORACLE_PRICE_INPUT / _PRICE_OUTPUT for any model, including self-hosted ones.
 PRICES_PER_MTOK: dict[str, tuple[float, float]] = {
@@ -22,7 +24,7 @@ def price_for(
     """(input, output) $ per 1M tokens, or None when the price is unknown."""
     if input_override is not None or output_override is not None:
         return (input_override or 0.0, output_override or 0.0)
-    if backend == "local":
+    if kind_of(backend).in_process:
         return (0.0, 0.0)
     if model in PRICES_PER_MTOK:
         return PRICES_PER_MTOK[model]

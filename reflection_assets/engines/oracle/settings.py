@@ -11,17 +11,15 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 
+from reflection_assets.engines.oracle.kinds import BACKENDS, KINDS, BackendKind, kind_of
 from reflection_assets.errors import SettingsError
 from reflection_assets.method.profiles import AUTO, resolve_profile
 from reflection_assets.method.requests import SamplingSettings
 from reflection_assets.method.served import PROBE_ON, check_probe
 
-BACKENDS = ("local", "openai")
 MODES = ("online", "batch")
 EMBEDDED_MODEL = "SmolLM2-135M-Instruct"
 ORACLE_PREFIX = "REFLECTION_ORACLE_"
-DEFAULT_MAX_TOKENS = 2048
-DEFAULT_MAX_TOKENS_LOCAL = 256
 DTYPES = ("auto", "float32", "bfloat16")
 JUDGE_PREFIX = "REFLECTION_JUDGE_"
 
@@ -65,17 +63,13 @@ class OracleSettings:
     progress_interval_s: float = 10.0
 
     def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise SettingsError(f"oracle backend {self.backend!r}: expected one of {', '.join(BACKENDS)}")
-        if self.max_tokens is None:
-            # At ~110 tokens/s on 2 cores, 2,048 tokens a reply would make the 128-record
-            # sample take hours; the compact profile asks for less per section anyway.
-            default = DEFAULT_MAX_TOKENS_LOCAL if self.backend == "local" else DEFAULT_MAX_TOKENS
-            object.__setattr__(self, "max_tokens", default)
+        kind = self.kind  # an unknown backend fails here, with its name
+        if self.max_tokens is None:  # the compact profile asks for less per section anyway
+            object.__setattr__(self, "max_tokens", kind.default_max_tokens)
         if self.dtype not in DTYPES:
             raise SettingsError(f"oracle dtype {self.dtype!r}: expected one of {', '.join(DTYPES)}")
-        if self.backend == "openai" and not self.model:
-            raise SettingsError("the openai backend needs a model name (REFLECTION_ORACLE_MODEL)")
+        if kind.needs_model and not self.model:
+            raise SettingsError(f"the {self.backend} backend needs a model name (REFLECTION_ORACLE_MODEL)")
         for name in ("max_tokens", "max_concurrency", "batch_size"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"oracle setting {name}={getattr(self, name)}: expected 1 or more")
@@ -85,14 +79,14 @@ class OracleSettings:
             raise SettingsError(f"oracle no_repeat_ngram={self.no_repeat_ngram}: expected 0 (off) or more")
         if self.repetition_penalty <= 0:
             raise SettingsError(f"oracle repetition_penalty={self.repetition_penalty}: expected a number above 0")
-        resolve_profile(self.prompts, self.backend)  # a bad value fails here, with its name
+        resolve_profile(self.prompts, kind.default_profile)  # a bad value fails here, with its name
         check_probe(self.probe)
         if self.mode not in MODES:
             raise SettingsError(f"oracle mode {self.mode!r}: expected one of {', '.join(MODES)}")
-        if self.mode == "batch" and self.backend != "openai":
+        if self.mode == "batch" and not kind.has_batch_api:
             raise SettingsError(
-                "oracle mode 'batch' needs the openai backend (an endpoint with a Batch API); the local backend "
-                "runs in-process, online. For a server without one, see `reflection batch export`"
+                f"oracle mode 'batch' needs the openai backend (an endpoint with a Batch API); the {self.backend} "
+                "backend runs in-process, online. For a server without one, see `reflection batch export`"
             )
         if not 1 <= self.batch_max_requests <= 50_000:
             raise SettingsError(f"oracle batch_max_requests={self.batch_max_requests}: expected 1 to 50000 (the Batch API's limit)")
@@ -100,17 +94,22 @@ class OracleSettings:
             raise SettingsError("oracle settings: batch_poll_s must be above 0 and batch_discount in (0, 1]")
 
     @property
+    def kind(self) -> BackendKind:
+        """What the backend can do (engines/oracle/kinds.py)."""
+        return kind_of(self.backend)
+
+    @property
     def prompt_profile(self) -> str:
         """paper or compact: what `prompts` means for this backend."""
-        return resolve_profile(self.prompts, self.backend)
+        return resolve_profile(self.prompts, self.kind.default_profile)
 
     @property
     def sampling(self) -> SamplingSettings:
-        # The local backend's precision and repetition penalty change its replies, so they
-        # are part of the identity (the penalty only when it is on).
+        # An in-process model's precision and repetition rules change its replies, so they
+        # are part of the identity (the rules only when they are on).
         backend = self.backend
-        if self.backend == "local":
-            backend = f"local/{resolve_dtype(self.dtype)}"
+        if self.kind.in_process:
+            backend = f"{self.backend}/{resolve_dtype(self.dtype)}"
             if self.repetition_penalty != 1.0:
                 backend += f"/rp{self.repetition_penalty:g}"
             if self.no_repeat_ngram:
@@ -209,7 +208,8 @@ def settings_with_sources(
     if prefix != ORACLE_PREFIX:
         found.update(_read_env(prefix, environ))
     found.update({k: (v, "resource") for k, v in overrides.items() if v is not None})
-    if found.get("backend", (None,))[0] == "openai":
+    kind = KINDS.get(found.get("backend", ("local",))[0])  # an unknown one fails in OracleSettings
+    if kind is not None and kind.needs_model:
         if "api_key" not in found and environ.get("OPENAI_API_KEY"):
             found["api_key"] = (environ["OPENAI_API_KEY"], "OPENAI_API_KEY")
         if "model" not in found:
