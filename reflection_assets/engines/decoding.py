@@ -14,10 +14,12 @@ requests begin with the same system prompt and instructions (54 of phase 1's 149
 The tokens are the same as `generate`'s greedy ones with the same settings: the same
 position ids (counted from the attention mask, so padding does not shift them), the same
 repetition penalty (over each row's tokens after its left padding, as `generate` applies
-it) and no-repeat n-gram rule on float32 logits, then argmax. `benchmarks/local_batch.py`
-measures both side by side on the embedded model (1.77x the tokens/s at batch 32, the same
-127 replies of 127); `tests/unit/test_decoding.py` compares them token for token on a model
-built from a config.
+it) and no-repeat n-gram rule on float32 logits, then argmax. Up to rounding: the rows are
+computed in other batch shapes than `generate`'s (a shared beginning in a batch of one), so a
+near-tie between two tokens can fall the other way, more likely in bfloat16 than in float32.
+`benchmarks/local_batch.py` measures both side by side on the embedded model (float32: 1.77x
+the tokens/s at batch 32, the same 127 replies of 127); `tests/unit/test_decoding.py`
+compares them token for token on a model built from a config.
 """
 
 from __future__ import annotations
