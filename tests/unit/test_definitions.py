@@ -1,8 +1,10 @@
-"""The asset graph and the instance configuration, as reviewed.
+"""The whole definitions and the instance configuration, as reviewed.
 
-Every asset's key, deps, partitions, group, pool, kinds and checks are snapshot in
-tests/snapshots/asset_graph.json, so an accidental change to the graph fails here. After an
-intended change: UPDATE_SNAPSHOTS=1 .venv/bin/pytest tests/unit/test_definitions.py"""
+tests/snapshots/definitions.json holds what review should see change: every asset (key,
+deps with their partition mappings, partitions, group, pool, kinds, owners, checks,
+automation, code version), the observed sources, the jobs (selection, executor), the
+schedules, the sensors and the resources. An accidental change to the graph fails here;
+after an intended one: UPDATE_SNAPSHOTS=1 .venv/bin/pytest tests/unit/test_definitions.py"""
 
 import json
 import os
@@ -13,8 +15,14 @@ import pytest
 
 from reflection_assets.definitions import defs
 
-SNAPSHOT = Path(__file__).resolve().parents[1] / "snapshots" / "asset_graph.json"
+SNAPSHOT = Path(__file__).resolve().parents[1] / "snapshots" / "definitions.json"
 REPO = Path(__file__).resolve().parents[2]
+
+
+def _partitions(partitions) -> list[str] | str | None:
+    if isinstance(partitions, dg.MultiPartitionsDefinition):
+        return [d.name for d in partitions.partitions_defs]
+    return None if partitions is None else type(partitions).__name__
 
 
 def describe_graph() -> dict:
@@ -22,15 +30,16 @@ def describe_graph() -> dict:
     out = {}
     for key in sorted(graph.materializable_asset_keys, key=lambda k: k.to_user_string()):
         node = graph.get(key)
-        partitions = node.partitions_def
-        if isinstance(partitions, dg.MultiPartitionsDefinition):
-            parts = [d.name for d in partitions.partitions_defs]
-        else:
-            parts = None if partitions is None else type(partitions).__name__
         assets_def = defs.resolve_assets_def(key)
+        mappings = {}
+        for parent in node.parent_keys:
+            if graph.get(parent).is_partitioned:
+                mapping = assets_def.get_partition_mapping(parent)
+                mappings[parent.to_user_string()] = "default" if mapping is None else type(mapping).__name__
         out[key.to_user_string()] = {
             "deps": sorted(k.to_user_string() for k in node.parent_keys),
-            "partitions": parts,
+            "partition_mappings": mappings,
+            "partitions": _partitions(node.partitions_def),
             "group": node.group_name,
             "pool": next(iter(assets_def.node_def.pools), None),
             "kinds": sorted(node.kinds),
@@ -38,15 +47,61 @@ def describe_graph() -> dict:
             "checks": sorted(c.name for c in node.check_keys),
             "has_description": bool(node.description),
             "automation": None if node.automation_condition is None else node.automation_condition.get_label(),
+            "code_version": node.code_version,
         }
     return out
 
 
-def test_asset_graph_matches_snapshot():
-    current = describe_graph()
+def describe_definitions() -> dict:
+    graph = defs.resolve_asset_graph()
+    sources = {}
+    for key in sorted(graph.observable_asset_keys, key=lambda k: k.to_user_string()):
+        node = graph.get(key)
+        sources[key.to_user_string()] = {
+            "group": node.group_name,
+            "partitions": _partitions(node.partitions_def),
+            "has_description": bool(node.description),
+            "auto_observe_interval_minutes": node.auto_observe_interval_minutes,
+        }
+    jobs = {}
+    for unresolved in sorted(defs.jobs, key=lambda j: j.name):
+        job = defs.resolve_job_def(unresolved.name)
+        jobs[job.name] = {
+            "assets": sorted(k.to_user_string() for k in job.asset_layer.selected_asset_keys),
+            "executor": job.executor_def.name,
+            "partitions": _partitions(job.partitions_def),
+            "has_description": bool(job.description),
+        }
+    schedules = {
+        s.name: {"cron": s.cron_schedule, "timezone": s.execution_timezone, "job": s.job_name,
+                 "default_status": s.default_status.value}
+        for s in defs.schedules
+    }
+    sensors = {
+        s.name: {"type": type(s).__name__, "minimum_interval_seconds": s.minimum_interval_seconds,
+                 "default_status": s.default_status.value,
+                 "targets": sorted(k.to_user_string() for k in s.asset_selection.resolve(graph))}
+        for s in defs.sensors
+    }
+    return {
+        "assets": describe_graph(),
+        "sources": sources,
+        "jobs": jobs,
+        "schedules": schedules,
+        "sensors": sensors,
+        "executor": defs.executor.name,
+        "resources": {name: type(resource).__name__ for name, resource in sorted(defs.resources.items())},
+    }
+
+
+def test_definitions_match_the_snapshot():
+    current = describe_definitions()
     if os.environ.get("UPDATE_SNAPSHOTS"):
         SNAPSHOT.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
-    assert current == json.loads(SNAPSHOT.read_text())
+    snapshot = json.loads(SNAPSHOT.read_text())
+    for part in snapshot:  # one assertion per part: the failure names what changed
+        assert current[part] == snapshot[part], f"{part} changed (UPDATE_SNAPSHOTS=1 after an intended change)"
+    assert current.keys() == snapshot.keys()
 
 
 def test_definitions_validate():
