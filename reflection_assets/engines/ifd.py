@@ -53,7 +53,7 @@ STUDENT_PREFIX = "REFLECTION_STUDENT_"
 @dataclass(frozen=True)
 class StudentSettings:
     """The student that scores variants; each field is also REFLECTION_STUDENT_<env>. The
-    resource, its descriptions and the README's table come from here."""
+    resource, its descriptions and the table of docs/selection.md come from here."""
 
     model: str = setting(TrainConfig.base_model, "MODEL", "the scoring model: use the adapters' `base_model` (`selective_adapter` warns, and names the scorer in `selected_by`, when they differ)")
     template: str = setting(DEFAULT_TEMPLATE, "TEMPLATE", "`vicuna` (the official default), `alpaca`, `wizardlm`, or `chat` (the model's own chat template)")

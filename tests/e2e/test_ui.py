@@ -2,7 +2,7 @@
 asked over GraphQL, and driven in a real headless Chromium (Debian's, through Playwright's
 `executable_path`; never a browser download): the asset graph shows every stage, and one
 shard of raw_dataset materialized from the UI succeeds. The screenshots are kept under
-test-artifacts/; UPDATE_SNAPSHOTS=1 also refreshes the README's copies in tests/screenshots/."""
+test-artifacts/; UPDATE_SNAPSHOTS=1 also refreshes the docs' copies in docs/images/."""
 
 import os
 import shutil
@@ -180,6 +180,6 @@ def test_materialize_one_shard_from_the_ui_in_a_browser(dagster_dev):
             page.screenshot(path=str(ARTIFACTS / "ui-asset-graph.png"))
         finally:
             browser.close()
-    if os.environ.get("UPDATE_SNAPSHOTS"):  # the README shows these copies
+    if os.environ.get("UPDATE_SNAPSHOTS"):  # the docs (docs/ui.md) show these copies
         for name in ("ui-asset-graph.png", "ui-raw-dataset.png"):
-            shutil.copyfile(ARTIFACTS / name, REPO / "tests" / "screenshots" / name)
+            shutil.copyfile(ARTIFACTS / name, REPO / "docs" / "images" / name)

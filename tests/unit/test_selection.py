@@ -108,12 +108,12 @@ def test_ratios_are_perplexity_ratios():
     assert p.ifd_loss == 0.5 and p.r_ifd_loss == pytest.approx(1 / 3)
 
 
-def test_the_readme_lists_every_student_setting_with_its_default():
+def test_the_selection_page_lists_every_student_setting_with_its_default():
     from pathlib import Path
 
     from reflection_assets.engines.ifd import STUDENT_PREFIX, StudentSettings
     from reflection_assets.engines.oracle.settings import env_settings
 
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    page = (Path(__file__).resolve().parents[2] / "docs" / "selection.md").read_text()
     for entry in env_settings(StudentSettings):
-        assert f"| `{STUDENT_PREFIX}{entry.env}` | `{entry.default}` | {entry.doc} |" in readme, entry.name
+        assert f"| `{STUDENT_PREFIX}{entry.env}` | `{entry.default}` | {entry.doc} |" in page, entry.name

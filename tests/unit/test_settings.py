@@ -1,5 +1,6 @@
-"""One source of truth for settings: the README's tables and the Dagster resources and
-configs come from OracleSettings and TrainConfig, and this test fails when they drift."""
+"""One source of truth for settings: the docs' tables (docs/oracle.md, docs/adapters.md)
+and the Dagster resources and configs come from OracleSettings and TrainConfig, and this
+test fails when they drift."""
 
 import dataclasses
 import re
@@ -13,14 +14,16 @@ from reflection_assets.assets.resources import JudgeResource, OracleResource, St
 from reflection_assets.engines.oracle.settings import env_settings
 from reflection_assets.engines.student import TrainConfig
 
-README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+ORACLE_PAGE = (DOCS / "oracle.md").read_text()
+ADAPTERS_PAGE = (DOCS / "adapters.md").read_text()
 
 
 def oracle_table() -> list[tuple[list[str], str]]:
-    """([variable suffixes], default cell) per row of the README's oracle table."""
-    head = README.index("| variable (`REFLECTION_ORACLE_…`) | default | meaning |")
+    """([variable suffixes], default cell) per row of the oracle page's table."""
+    head = ORACLE_PAGE.index("| variable (`REFLECTION_ORACLE_…`) | default | meaning |")
     rows = []
-    for line in README[head:].splitlines()[2:]:
+    for line in ORACLE_PAGE[head:].splitlines()[2:]:
         if not line.startswith("|"):
             break
         names, default, _ = (cell.strip() for cell in line.strip("|").split("|", 2))
@@ -28,7 +31,7 @@ def oracle_table() -> list[tuple[list[str], str]]:
     return rows
 
 
-def test_the_readme_table_lists_every_oracle_setting_and_its_default():
+def test_the_oracle_page_lists_every_oracle_setting_and_its_default():
     rows = oracle_table()
     documented = [name for names, _ in rows for name in names]
     assert sorted(documented) == sorted(e.env for e in env_settings())
@@ -40,7 +43,7 @@ def test_the_readme_table_lists_every_oracle_setting_and_its_default():
             if default is None:
                 continue
             shown = f"{default:g}" if isinstance(default, float) else str(default)
-            assert shown in part, f"README says {part!r} for {name}, the default is {shown}"
+            assert shown in part, f"docs/oracle.md says {part!r} for {name}, the default is {shown}"
 
 
 def test_the_resources_have_every_setting_with_its_description():
@@ -54,18 +57,18 @@ def test_the_resources_have_every_setting_with_its_description():
     assert {"database", "artifacts", "connection_config"} <= set(StorageResource.model_fields)
 
 
-def test_the_adapter_config_and_the_readme_follow_train_config():
+def test_the_adapter_config_and_the_adapters_page_follow_train_config():
     knobs = [f for f in dataclasses.fields(TrainConfig) if "doc" in f.metadata]
     assert list(AdapterConfig.model_fields) == [f.name for f in knobs]
     config = AdapterConfig()
     assert config.train_config() == dataclasses.replace(TrainConfig(), max_steps=MAIN_JOB_MAX_STEPS)
-    block = README[README.index("baseline_adapter: &lora"):]
+    block = ADAPTERS_PAGE[ADAPTERS_PAGE.index("baseline_adapter: &lora"):]
     block = block[: block.index("```")]
     documented = yaml.safe_load(block)["baseline_adapter"]
     assert list(documented) == [f.name for f in knobs]
     for name, value in documented.items():
         expected = getattr(config, name)
-        assert value == expected, f"README says {name}: {value}, the default is {expected}"
+        assert value == expected, f"docs/adapters.md says {name}: {value}, the default is {expected}"
 
 
 def test_resources_name_the_variables_they_come_from():

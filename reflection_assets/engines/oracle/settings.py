@@ -2,7 +2,7 @@
 the suffix of its environment variable (REFLECTION_ORACLE_* for the oracle,
 REFLECTION_JUDGE_* for the judge, each judge setting falling back to the oracle's) and what
 it means. The environment reader, the Dagster resources' fields (with these descriptions)
-and the README's table come from here (tests/unit/test_settings.py checks the README)."""
+and the table of docs/oracle.md come from here (tests/unit/test_settings.py checks it)."""
 
 from __future__ import annotations
 
