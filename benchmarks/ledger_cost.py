@@ -29,7 +29,8 @@ from reflection_assets.engines.oracle.cache import CacheWriter, OracleCache  # n
 from reflection_assets.engines.oracle.replies import OracleReply  # noqa: E402
 from reflection_assets.engines.oracle.settings import OracleSettings  # noqa: E402
 from reflection_assets.engines.storage import Database  # noqa: E402
-from reflection_assets.method.prompts import PROMPT_VERSION, instruction_reflection  # noqa: E402
+from reflection_assets.method.profiles import PAPER_PROFILE  # noqa: E402
+from reflection_assets.method.prompts import instruction_reflection  # noqa: E402
 from reflection_assets.method.requests import OracleRequest  # noqa: E402
 
 SAMPLE = Path(__file__).resolve().parents[1] / "reflection_assets" / "data" / "sample_alpaca.json"
@@ -47,7 +48,7 @@ def replies(n: int) -> list[tuple[OracleRequest, OracleReply]]:
     pairs = []
     for i in range(n):
         instruction, answer = words(rng.randint(8, 30)) + "?", words(rng.randint(40, 160)) + "."
-        request = OracleRequest(tuple(instruction_reflection(instruction, "", answer)), sampling, PROMPT_VERSION)
+        request = OracleRequest(tuple(instruction_reflection(instruction, "", answer)), sampling, PAPER_PROFILE.version)
         text = (
             f"1. Complexity: {words(25)}. 2. Relevance: {words(20)}. 3. Depth: {words(25)}. 4. Detail: {words(20)}.\n\n"
             f"[New Instruction] {instruction} {words(20)} [End]\n[New Answer] {words(rng.randint(120, 260))} [End]"

@@ -28,7 +28,7 @@ from reflection_assets.engines.reflection_store import (
 )
 from reflection_assets.engines.storage import Database
 from reflection_assets.method.parsing import ALL_OUTCOMES
-from reflection_assets.method import compact_prompts, prompts
+from reflection_assets.method.profiles import PROFILES
 from reflection_assets.method.prompts import BETTER_ANSWER, NEW_ANSWER, NEW_INSTRUCTION
 
 HEALTH_CHECKS = [
@@ -142,7 +142,7 @@ def _oracle_stage(name: str, upstream: dg.AssetsDefinition) -> dict:
         owners=[OWNER],
         tags={"stage": "reflection"},
         # Either profile's prompts changing is a code change of these stages.
-        code_version=f"{prompts.PROMPT_VERSION}+{compact_prompts.COMPACT_VERSION}",
+        code_version="+".join(p.version for p in PROFILES.values()),
         check_specs=_check_specs(name),
     )
 

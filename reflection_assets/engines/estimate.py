@@ -34,7 +34,7 @@ from reflection_assets.engines.oracle.settings import OracleSettings
 from reflection_assets.engines.reflection import PhaseResult, reflect_instructions, reflect_responses
 from reflection_assets.engines.storage import Database
 from reflection_assets.errors import UserError
-from reflection_assets.method.profiles import COMPACT
+from reflection_assets.method.profiles import profile
 from reflection_assets.method.prompts import NEW_ANSWER, NEW_INSTRUCTION
 from reflection_assets.method.records import Record
 from reflection_assets.method.requests import OracleRequest
@@ -250,16 +250,16 @@ def observe_stages(
     phase1 = reflect_instructions(phase1_client, pairs, config.repair_instructions)
     known = [_known(r, phase1_client) for r in phase1]
     out: dict[str, _Observed] = {}
-    compact = phase1_client.settings.prompt_profile == COMPACT
+    chosen = profile(phase1_client.settings.prompt_profile)
     if "reflected_instructions" in stages:
-        follow = 1 if compact or config.repair_instructions else 0  # the compact answer call, or a repair
+        follow = chosen.instructions.follow_ups(config.repair_instructions)  # later steps, repairs
         out["reflected_instructions"] = _Observed(phase1_client.calls, _units(phase1), max_follow=follow)
     if "reflected_responses" in stages:
         chains = [chain_pair(raw, r) for raw, r, k in zip(pairs, phase1, known, strict=True) if k]
         asked = chains + (list(pairs) if config.also_original else [])
         client = make_observer()
         results = reflect_responses(client, asked, config.repair_responses)
-        observed = _Observed(client.calls, _units(results), max_follow=int(config.repair_responses and not compact))
+        observed = _Observed(client.calls, _units(results), max_follow=chosen.responses.follow_ups(config.repair_responses))
         observed.unknown_chains = sum(not k for k in known)
         observed.replaced = [r.ok for r, k in zip(phase1, known, strict=True) if k]
         observed.also_original = config.also_original

@@ -1,7 +1,8 @@
 """Judging pairs of answers through the oracle client, in both orders (METHOD.md section
-4): with the paper's pairwise prompt (one call per order, the two scores on the reply's
-first line) or, on a small local judge, one score per distinct answer (YES_SCORE) put
-together as that first line. Every reply is cached by the oracle layer; identical requests
+4), the way the judge's prompt profile says (method/profiles.JudgeProtocol): the paper's
+pairwise prompt (one call per order, the two scores on the reply's first line) or, on a
+small local judge, one score per distinct answer (YES_SCORE) put together as that first
+line. Every reply is cached by the oracle layer; identical requests
 are sent once."""
 
 from __future__ import annotations
@@ -11,18 +12,8 @@ from dataclasses import dataclass
 
 from reflection_assets.engines.oracle.client import OracleClient
 from reflection_assets.engines.testsets import TestPrompt
-from reflection_assets.method.judging import (
-    COMPACT_JUDGE_VERSION,
-    JUDGE_PROMPT_VERSION,
-    UNPARSED,
-    compact_judge_messages,
-    judge_messages,
-    order_verdict,
-    outcome,
-    parse_scores,
-)
-from reflection_assets.method.profiles import COMPACT
-from reflection_assets.method.requests import YES_SCORE
+from reflection_assets.method.judging import UNPARSED, order_verdict, outcome, parse_scores
+from reflection_assets.method.profiles import JudgeProtocol, profile
 
 
 @dataclass(frozen=True)
@@ -45,9 +36,9 @@ class _Verdict:
     error: str | None
 
 
-def _paper_verdicts(client: OracleClient, orders: Sequence[_Order]) -> list[_Verdict]:
-    """One call per order: the paper's judge prompt, the two scores on the first line."""
-    requests = [client.request(judge_messages(o.prompt.text, *o.answers), JUDGE_PROMPT_VERSION) for o in orders]
+def _pairwise_verdicts(client: OracleClient, orders: Sequence[_Order], judge: JudgeProtocol, version: str) -> list[_Verdict]:
+    """One call per order: both answers shown, the two scores on the reply's first line."""
+    requests = [client.request(judge.messages(o.prompt.text, *o.answers), version) for o in orders]
     replies = {reply.request_key: reply for reply in client.complete_many(requests)}
     return [_Verdict(r.key, None, replies[r.key].text, replies[r.key].error) for r in requests]
 
@@ -60,13 +51,13 @@ def _score_of(reply) -> int | None:
     return score if score is not None and 1 <= score <= 10 else None
 
 
-def _compact_verdicts(client: OracleClient, orders: Sequence[_Order]) -> list[_Verdict]:
-    """A small local judge scores each answer on its own (YES_SCORE, 1 to 10); an order's
+def _per_answer_verdicts(client: OracleClient, orders: Sequence[_Order], judge: JudgeProtocol, version: str) -> list[_Verdict]:
+    """Each answer scored on its own (a small local judge: YES_SCORE, 1 to 10); an order's
     reply is the two scores in the order shown. One call per distinct answer: the second
     order of a pair costs nothing."""
     requests = {
         (order.prompt.text, answer): client.request(
-            compact_judge_messages(order.prompt.text, answer), COMPACT_JUDGE_VERSION, constraint=YES_SCORE
+            judge.messages(order.prompt.text, answer), version, constraint=judge.constraint
         )
         for order in orders
         for answer in order.answers
@@ -106,8 +97,9 @@ def judge_all(
                 for test_first in (True, False):
                     shown = (a_test, a_ref) if test_first else (a_ref, a_test)
                     orders.append(_Order(comparison, testset, prompt, test_first, shown))
-    compact = client.settings.prompt_profile == COMPACT
-    replies = (_compact_verdicts if compact else _paper_verdicts)(client, orders)
+    chosen = profile(client.settings.prompt_profile)
+    ask = _per_answer_verdicts if chosen.judge.per_answer else _pairwise_verdicts
+    replies = ask(client, orders, chosen.judge, chosen.judge_version)
     judgments, verdicts = [], {}
     keys = {r.request_key for r in replies} | {r.followup_key for r in replies if r.followup_key}
     counts = {"requests": len(keys), "unparsed": 0, "oracle_errors": 0}

@@ -12,7 +12,8 @@ with it, 17 without (the rest loop until cut).
 The model folds an Alpaca input into its new instruction only about a third of the time, so
 the input is folded here when the new instruction does not carry it.
 
-The version is part of every request and of the oracle fingerprint, as the paper's is."""
+The version, derived from these texts (method/profiles.py), is part of every request and of
+the oracle fingerprint, as the paper's is."""
 
 from __future__ import annotations
 
@@ -21,7 +22,6 @@ import re
 from reflection_assets.method.prompts import BETTER_ANSWER, END, NEW_ANSWER, NEW_INSTRUCTION
 from reflection_assets.method.requests import Message
 
-COMPACT_VERSION = "reflect-compact-v1"
 STOP = (f"[{END}]",)
 # Reply limits per section, in tokens (capped by the oracle's max_tokens). Measured on the
 # embedded model: 96 tokens let 87% of new instructions and 92% of their answers finish;

@@ -10,13 +10,12 @@ from dataclasses import dataclass
 
 from reflection_assets.method.requests import Message
 
-JUDGE_PROMPT_VERSION = "judge-v1"
 # The compact profile's judge (a small local model) scores each answer on its own: asked
 # whether the answer is correct and helpful, its score is 1 + 9 x P(Yes), a whole number from
 # 1 to 10. Shown one answer at a time it has no position to prefer, and the two orders of a
 # pair are judged from the same two scores. (Measured on the embedded model: asked for two
-# scores on one line it copies the labels' digits, "1 2", for every pair.)
-COMPACT_JUDGE_VERSION = "judge-yes-v1"
+# scores on one line it copies the labels' digits, "1 2", for every pair.) The versions of
+# both judges are derived from their texts (method/profiles.py).
 
 WIN, TIE, LOSE, UNPARSED = "win", "tie", "lose", "unparsed"
 OUTCOMES = (WIN, TIE, LOSE, UNPARSED)

@@ -8,16 +8,14 @@ shown to the oracle in its own block; phase 1 asks for a new instruction that ca
 whatever context it needs, so a reflected pair has no separate input.
 
 Any change to these texts changes the requests, so the next run asks the oracle again for
-every record (old replies stay cached under the old requests). Bump the version with it:
-the version is part of the oracle's fingerprint, so the shards made with the old prompts
-become stale and the automation re-runs them; without the bump they are re-asked only when
-someone re-materializes them."""
+every record (old replies stay cached under the old requests), and changes the profile's
+version, derived from the text (method/profiles.py): the version is part of the oracle's
+fingerprint, so the shards made with the old prompts become stale and the automation
+re-runs them."""
 
 from __future__ import annotations
 
 from reflection_assets.method.requests import Message
-
-PROMPT_VERSION = "reflect-v1"
 
 NEW_INSTRUCTION = "New Instruction"
 NEW_ANSWER = "New Answer"

@@ -7,6 +7,7 @@ import pytest
 
 from reflection_assets.definitions import JOB_FOR_PARTITIONS, RECORD_PARTITIONS, defs
 from reflection_assets.method import prompts
+from reflection_assets.method.profiles import PAPER_PROFILE
 from reflection_assets.runner import run_record_partitions
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.reflection_oracle import plan, respond
@@ -116,13 +117,16 @@ def test_a_stage_alone_for_one_shard_reuses_the_cache_and_leaves_other_shards(ho
     assert [row for row in after if row[0] == 2] != [row for row in before if row[0] == 2]
 
 
-def test_a_new_prompt_version_asks_again(home, tagged, oracle, monkeypatch):
+def test_an_edited_prompt_is_a_new_version_and_asks_again(home, tagged, oracle, monkeypatch):
     run(tagged, keys=ALL[:2])
     sent = oracle.request_count
-    monkeypatch.setattr(prompts, "PROMPT_VERSION", "reflect-test-v2")
+    assert query(home, "SELECT DISTINCT prompt_version FROM reflect.instructions") == [("reflect-v1",)]
+    monkeypatch.setattr(prompts, "SYSTEM", prompts.SYSTEM + " You are brief.")  # no version bumped by hand
+    edited = PAPER_PROFILE.version
+    assert edited.startswith("reflect-") and edited != "reflect-v1"
     run(tagged, keys=ALL[1:2])
     assert oracle.request_count - sent == sent  # every phase-1 request (and repair) again
-    assert query(home, "SELECT DISTINCT prompt_version FROM reflect.instructions") == [("reflect-test-v2",)]
+    assert query(home, "SELECT DISTINCT prompt_version FROM reflect.instructions") == [(edited,)]
 
 
 def test_a_new_model_asks_again_and_switching_back_asks_nothing(home, tagged, oracle, monkeypatch):

@@ -8,7 +8,6 @@ from reflection_assets.method.parsing import (
     parse_response_reply,
 )
 from reflection_assets.method.prompts import (
-    PROMPT_VERSION,
     instruction_reflection,
     repair,
     response_reflection,
@@ -233,4 +232,3 @@ def test_response_prompt_variants_and_repair():
     follow_up = repair(messages, "just a critique", "no [Better Answer] section", ("Better Answer",))
     assert follow_up[:2] == messages and follow_up[2] == ("assistant", "just a critique")
     assert "no [Better Answer] section" in follow_up[3][1] and "[Better Answer] ... [End]" in follow_up[3][1]
-    assert PROMPT_VERSION
