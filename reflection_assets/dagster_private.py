@@ -9,7 +9,10 @@ tests/unit/test_dagster_private.py fails loudly when an upgrade moves any of the
   `reflection run` behind a killed run could not be stopped by `timeout`). Patched, the wait
   sleeps between polls, says every `report_s` which run holds the pool and since when, and
   turns a captured interrupt into Dagster's own interruption: the run ends canceled and its
-  place in the queue is given back.
+  place in the queue is given back. StorageResource installs it when a run of ours starts
+  (its setup_for_execution); importing the definitions changes nothing in Dagster (a test).
+  A custom executor cannot carry it: `execute_in_process`, which `reflection run` uses,
+  replaces a job's executor with its own.
 - Dagster's own staleness resolver (what the UI shows), for `reflection status`.
 """
 

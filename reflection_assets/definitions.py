@@ -14,12 +14,11 @@ from reflection_assets.assets.raw import raw_dataset
 from reflection_assets.assets.reflection import recycled_dataset, reflected_instructions, reflected_responses
 from reflection_assets.assets.resources import JudgeResource, OracleResource, StorageResource
 from reflection_assets.assets.selection import StudentResource, selective_dataset, student, student_scores
-from reflection_assets.dagster_private import install_pool_wait
-from reflection_assets.engines.settings import pool_report_s
 
-# Waiting for a pool slot (the `gpu` pool) sleeps, reports who holds it and stops on SIGTERM / Ctrl-C.
-install_pool_wait(report_s=pool_report_s())
-
+# Importing these definitions changes nothing in Dagster. What remains ours of how a run
+# executes is the wait for a pool slot (the `gpu` pool), which Dagster 1.13's in-process
+# executor spends polling without sleep and deaf to SIGTERM / Ctrl-C: StorageResource, which
+# every step of ours uses, puts our wait in place when a run starts (dagster_private.py).
 # Steps run in the run's own process: every step that writes DuckDB is in the one-slot pool
 # anyway, so a process per step would only add start-up time; and a run killed with SIGKILL
 # then leaves no orphaned step process behind that goes on writing.

@@ -11,6 +11,7 @@ import duckdb
 from dagster_duckdb import DuckDBResource
 from pydantic import Field, create_model
 
+from reflection_assets.dagster_private import install_pool_wait
 from reflection_assets.engines.datasets import DatasetRegistry
 from reflection_assets.engines.oracle.batch import BatchScope
 from reflection_assets.engines.oracle.client import OracleClient
@@ -23,7 +24,7 @@ from reflection_assets.engines.oracle.settings import (
     env_settings,
     settings_with_sources,
 )
-from reflection_assets.engines.settings import default_artifacts, default_database
+from reflection_assets.engines.settings import default_artifacts, default_database, pool_report_s
 from reflection_assets.engines.storage import Database
 from reflection_assets.method.served import ServedIdentity
 
@@ -83,6 +84,14 @@ class StorageResource(DuckDBResource):
         environ = os.environ if environ is None else environ
         names = {"database": "REFLECTION_DUCKDB", "artifacts": "REFLECTION_ARTIFACTS"}
         return cls(**{field: dg.EnvVar(var) for field, var in names.items() if environ.get(var)})
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """At the start of a run that uses the store (every asset step does): the in-process
+        executor's wait for a pool slot sleeps between polls, says who holds the slot and
+        stops on SIGTERM / Ctrl-C (dagster_private.install_pool_wait: Dagster 1.13 polls
+        without sleeping and swallows the interrupt). Done here, not when the definitions are
+        imported, so that loading them leaves Dagster as it was."""
+        install_pool_wait(report_s=pool_report_s())
 
     def database_path(self) -> str:
         return self.database or default_database()

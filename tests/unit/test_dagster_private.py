@@ -36,12 +36,57 @@ def test_what_the_pool_wait_patch_reads_exists():
 
 
 def test_install_pool_wait_replaces_the_sleep_and_is_idempotent():
-    import reflection_assets.definitions  # noqa: F401 (installs it)
-
+    dagster_private.install_pool_wait()
     patched = ActiveExecution.sleep_til_ready
     assert patched is not dagster_private._original_sleep
     dagster_private.install_pool_wait()
     assert ActiveExecution.sleep_til_ready.__qualname__ == patched.__qualname__
+
+
+IMPORT_CHECK = """
+import sys, dagster
+def snapshot():
+    seen = {}
+    for name, module in list(sys.modules.items()):
+        if name == "dagster" or name.startswith(("dagster.", "dagster_")):
+            for attr, value in list(vars(module).items()):
+                seen[(name, attr)] = id(value)
+                if isinstance(value, type) and value.__module__ == name:
+                    for key, member in list(vars(value).items()):
+                        seen[(name, attr, key)] = id(member)
+    return seen
+import dagster._core.execution.plan.active, dagster._core.executor.in_process, dagster_duckdb
+before = snapshot()
+import reflection_assets.definitions
+after = snapshot()
+changed = sorted(str(k) for k in before if k in after and after[k] != before[k] and not k[-1].startswith("__"))
+print("\\n".join(changed))
+"""
+
+
+def test_importing_the_definitions_leaves_dagster_as_it_was():
+    """No attribute of a Dagster module or class loaded before the import is replaced by it
+    (a fresh interpreter); a run of ours puts the pool wait in place (StorageResource)."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", IMPORT_CHECK], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "", f"replaced on import: {result.stdout[:2000]}"
+
+
+def test_a_run_using_the_store_puts_the_pool_wait_in_place(monkeypatch, tmp_path):
+    from reflection_assets.assets.resources import StorageResource
+
+    monkeypatch.setattr(ActiveExecution, "sleep_til_ready", dagster_private._original_sleep)
+
+    @dg.asset
+    def uses_the_store(storage: StorageResource) -> None: ...
+
+    defs = dg.Definitions(assets=[uses_the_store], resources={"storage": StorageResource(database=str(tmp_path / "s.duckdb"))})
+    assert ActiveExecution.sleep_til_ready is dagster_private._original_sleep
+    assert defs.resolve_implicit_global_asset_job_def().execute_in_process().success
+    assert ActiveExecution.sleep_til_ready is not dagster_private._original_sleep
 
 
 def test_the_health_and_staleness_types(instance):
