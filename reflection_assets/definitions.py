@@ -14,6 +14,7 @@ from reflection_assets.assets.raw import raw_dataset
 from reflection_assets.assets.reflection import recycled_dataset, reflected_instructions, reflected_responses
 from reflection_assets.assets.resources import JudgeResource, OracleResource, StorageResource
 from reflection_assets.assets.selection import StudentResource, selective_dataset, student, student_scores
+from reflection_assets.assets.send_ahead import send_ahead_job
 
 # Importing these definitions changes nothing in Dagster. What remains ours of how a run
 # executes is the wait for a pool slot (the `gpu` pool), which Dagster 1.13's in-process
@@ -81,7 +82,7 @@ recycle_stale = dg.AutomationConditionSensorDefinition(
 
 defs = dg.Definitions(
     assets=[*SOURCE_ASSETS, *RECORD_ASSETS, *DATASET_ASSETS],
-    jobs=[recycle_shards, train_and_score, observe_oracles],
+    jobs=[recycle_shards, train_and_score, observe_oracles, send_ahead_job],
     schedules=[observe_oracles_nightly],
     sensors=[recycle_stale],
     executor=EXECUTOR,

@@ -228,3 +228,32 @@ def run_partitions(
             break  # the user asked to stop: launch nothing more
     return outcomes
 
+
+
+def send_ahead_run(
+    instance: dg.DagsterInstance,
+    defs: dg.Definitions,
+    dataset: str,
+    stage: str,
+    shards: Sequence[str] | None,
+    stage_config: Mapping[str, object],
+    log_level: str = "INFO",
+) -> RunOutcome:
+    """One run of the `send_ahead` job: `stage`'s requests for `shards` of `dataset` (all when
+    None) sent in bulk, with the stage's `repair` and `also_original` settings."""
+    from reflection_assets.assets.send_ahead import SEND_AHEAD_JOB
+
+    config: dict[str, object] = {"dataset": dataset, "stage": stage, "shards": [int(s) for s in shards or []]}
+    config.update({k: stage_config[k] for k in ("repair", "also_original") if k in stage_config})
+    result = defs.resolve_job_def(SEND_AHEAD_JOB).execute_in_process(
+        instance=instance,
+        raise_on_error=False,
+        tags=cli_tags(),
+        run_config={"loggers": {"console": {"config": {"log_level": log_level}}},
+                    "ops": {"send_stage_ahead": {"config": config}}},
+    )
+    outcome = RunOutcome(dataset, None, result.run_id, result.success)
+    if not result.success:
+        outcome.error = _failure_message(result)
+        outcome.interrupted = _interrupted(result)
+    return outcome

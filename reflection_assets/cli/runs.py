@@ -174,14 +174,20 @@ def _record_groups(record_keys, per_shard: bool = False):
     """The record-level assets as `reflection run` materializes them: all of them per shard,
     in one run each; when the oracle's requests are sent ahead (_sends_ahead), level by
     level, each reflection stage after what it reads, its oracle requests for the whole
-    dataset sent ahead first (the stage it opens is the second element)."""
-    from reflection_assets.assets.resources import OracleResource
-    from reflection_assets.definitions import RECORD_ASSETS
+    dataset sent ahead first by a `send_ahead` run (the stage it opens is the second element).
+    The oracle is the definitions' resource, as the runs will see it."""
+    import dagster as dg
+
+    from reflection_assets.definitions import RECORD_ASSETS, defs
     from reflection_assets.engines.batch_files import EXPORT_STAGES
 
     if not record_keys:
         return []
-    if per_shard or not _sends_ahead(OracleResource().settings()):
+    if per_shard:
+        return [(record_keys, None)]
+    with dg.build_resources({"oracle": defs.resources["oracle"]}) as resources:  # its EnvVars resolved
+        settings = resources.oracle.settings()
+    if not _sends_ahead(settings):
         return [(record_keys, None)]
     groups: list[tuple[list, str | None]] = [([], None)]
     for asset in RECORD_ASSETS:
@@ -209,43 +215,15 @@ def _stderr_log(name: str, level: int):
     return log
 
 
-def _send_ahead(instance, dataset: str, stage: str, shards, asset_config: dict) -> None:
-    import logging
-
-    from reflection_assets.assets.oracles import served_identity_for
-    from reflection_assets.assets.partitions import SHARDS
-    from reflection_assets.assets.resources import OracleResource
-    from reflection_assets.engines.batch_files import send_ahead
-    from reflection_assets.engines.oracle.batch import BatchScope
-    from reflection_assets.engines.reflection import repair_calls
-
-    resource, storage = OracleResource(), storage_resource()
-    settings = resource.settings()
-    served = served_identity_for(instance, "oracle", settings)
-    config = asset_config.get(stage, {})
-    repair = repair_calls(config.get("repair", "auto"), settings.kind.repair_default)
-    log = _stderr_log("reflection.oracle.ahead", logging.INFO)
-    numbers = [int(s) for s in (shards or SHARDS.get_partition_keys())]
-    how = "batch mode" if settings.mode == "batch" else "embedded oracle"
-    print(f"{how}: sending ahead what {stage} needs for {len(numbers)} shard(s) of {dataset}"
-          + (", in batches across shards" if settings.kind.sends_ahead else ""), file=sys.stderr)
-
-    def make_client(cls):
-        return resource.client(storage, log, served, BatchScope("oracle", dataset, stage, None), client_class=cls)
-
-    asked = send_ahead(make_client, storage.db(), dataset, numbers, stage, repair, config.get("also_original", True))
-    print(f"{how}: {asked} requests of {stage} answered ahead; materializing its shards", file=sys.stderr)
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     from reflection_assets.assets.partitions import DATASETS, RECORD_PARTITIONS
     from reflection_assets.dagster_instance import ensure_instance
     from reflection_assets.definitions import JOB_FOR_PARTITIONS, defs
-    from reflection_assets.engines.batch_files import BatchesCancelled
     from reflection_assets.runner import (
         resolve_selection,
         run_dataset_partition,
         run_record_partitions,
+        send_ahead_run,
         sync_dataset_partitions,
     )
 
@@ -263,13 +241,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     dataset_keys = [k for k in keys if defs.resolve_assets_def(k).partitions_def == DATASETS]
     outcomes = []
     stopped = None
+    interrupted = False  # a send_ahead run stopped by SIGTERM or Ctrl-C
     for spec in specs:
         for group, stage in _record_groups(record_keys, args.per_shard):
             if stage is not None:
-                try:
-                    _send_ahead(instance, spec.name, stage, args.shard, asset_config or {})
-                except BatchesCancelled as exc:
-                    stopped = str(exc)
+                ahead = send_ahead_run(instance, defs, spec.name, stage, args.shard, (asset_config or {}).get(stage, {}),
+                                       args.log_level)
+                if ahead.interrupted:
+                    interrupted = True
+                    break
+                if not ahead.success:
+                    stopped = f"{ahead.error} (run {ahead.run_id[:8]})"
                     break
             outcomes += run_record_partitions(
                 instance,
@@ -283,7 +265,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             )
             if not all(o.success for o in outcomes):
                 break
-        if stopped:
+        if stopped or interrupted:
             break
         if dataset_keys and not args.shard and all(o.success for o in outcomes):
             outcomes += run_dataset_partition(
@@ -297,7 +279,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     for spec in specs:
         for line in recycling_summary(storage_resource().db(), spec.name):
             print(line)
-    if any(o.interrupted for o in outcomes):
+    if interrupted or any(o.interrupted for o in outcomes):
         print("reflection: interrupted; nothing more was launched", file=sys.stderr)
         return 130
     if stopped:

@@ -12,6 +12,7 @@ import subprocess
 from collections import Counter
 from pathlib import Path
 
+import dagster as dg
 import duckdb
 import pytest
 
@@ -191,7 +192,9 @@ def test_cancel_stops_a_datasets_live_batches_and_keeps_what_they_answered(tmp_p
 
 def test_reflection_run_sends_a_whole_dataset_ahead_in_one_batch_per_wave(tmp_path):
     """Four shards, two stages: one batch per stage for the whole dataset (not one per shard
-    and stage, each waited for in turn), and the materializations find every reply cached."""
+    and stage, each waited for in turn), and the materializations find every reply cached.
+    Each batch is made inside a Dagster run of the `send_ahead` job, with the run's
+    resources: no oracle call of `reflection run` is made outside a Dagster run."""
     home = tmp_path / "home"
     with FakeBatchAPI(responder=reflection_oracle.respond) as server:
         env = make_env(home, server, REFLECTION_SHARDS="4")
@@ -203,7 +206,16 @@ def test_reflection_run_sends_a_whole_dataset_ahead_in_one_batch_per_wave(tmp_pa
         assert [server.batches[b]["request_counts"]["total"] for b in server.created] == [RECORDS, 2 * RECORDS]
         listed = reflection("batch", "list", "--dataset", "b", env=env)
         assert listed.stdout.count("completed") == 2
+        created_at = list(server.created_at)
     assert server.chat == [] and max(server.answered.values()) == 1
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        ahead = instance.get_run_records(filters=dg.RunsFilter(job_name="send_ahead"))
+        assert len(ahead) == 2 and all(r.dagster_run.status == dg.DagsterRunStatus.SUCCESS for r in ahead)
+        windows = [(r.start_time, r.end_time) for r in ahead]
+        stages = sorted(r.dagster_run.run_config["ops"]["send_stage_ahead"]["config"]["stage"] for r in ahead)
+    assert stages == ["reflected_instructions", "reflected_responses"]
+    for made in created_at:  # every batch, inside one of those runs
+        assert any(start <= made <= end for start, end in windows), (made, windows)
     assert phase_one_outcomes(home) == Counter({"ok": RECORDS})
     with duckdb.connect(str(home / "reflection.duckdb"), read_only=True) as con:
         assert con.execute("SELECT variant, outcome, count(*) FROM reflect.responses GROUP BY ALL ORDER BY 1").fetchall() == [

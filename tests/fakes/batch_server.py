@@ -52,6 +52,7 @@ class FakeBatchAPI(LocalServer):
         self.files: dict[str, dict] = {}  # id -> {"bytes", "purpose", "filename"}
         self.batches: dict[str, dict] = {}
         self.created: list[str] = []  # batch ids in creation order
+        self.created_at: list[float] = []  # when each was created (time.time(), unrounded)
         self.uploads = 0
         self.retrieves = 0
         self.cancels: list[str] = []
@@ -103,6 +104,7 @@ class FakeBatchAPI(LocalServer):
         with self._lock:
             batch_id = f"batch_{len(self.created) + 1}"
             self.created.append(batch_id)
+            self.created_at.append(time.time())
             lines = [json.loads(line) for line in self.files[body["input_file_id"]]["bytes"].decode().splitlines() if line]
             for line in lines:
                 self.placed[line["custom_id"]] += 1
