@@ -2,7 +2,7 @@
 
 The official loop is selection_code/data_analysis.py of tianyi-lab/Reflection_Tuning (its
 two functions below, unchanged but for the bare `except`), on the same model object, in
-float32 as it loads the model. Ours is engines/ifd.py: batched by length, the vocabulary
+float32 as it loads the model. Ours is engines/selection/ifd.py: batched by length, the vocabulary
 projection only where a label is, identical sequences once; in float32 (to compare the
 numbers) and in the precision `auto` picks on this machine.
 
@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from reflection_assets.engines.ifd import Pair, StudentScorer  # noqa: E402
+from reflection_assets.engines.selection.ifd import Pair, StudentScorer  # noqa: E402
 from reflection_assets.method.selection import fill, reverse_instruction  # noqa: E402
 
 SAMPLE = Path(__file__).resolve().parents[1] / "reflection_assets/data/sample_alpaca.json"

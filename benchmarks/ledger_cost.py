@@ -24,11 +24,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from reflection_assets.engines.ledger import Ledger, ledger_folder  # noqa: E402
+from reflection_assets.engines.store.ledger import Ledger, ledger_folder  # noqa: E402
 from reflection_assets.engines.oracle.cache import CacheWriter, OracleCache  # noqa: E402
 from reflection_assets.engines.oracle.replies import OracleReply  # noqa: E402
 from reflection_assets.engines.oracle.settings import OracleSettings  # noqa: E402
-from reflection_assets.engines.storage import Database  # noqa: E402
+from reflection_assets.engines.store.storage import Database  # noqa: E402
 from reflection_assets.method.profiles import PAPER_PROFILE  # noqa: E402
 from reflection_assets.method.prompts import instruction_reflection  # noqa: E402
 from reflection_assets.method.requests import OracleRequest  # noqa: E402

@@ -4,7 +4,7 @@ one run.
 The compact profile's phase-1 and phase-2 requests of the bundled sample's records go
 through the real client and local backend on an empty cache once per batch size (the
 `batch_size` oracle setting, REFLECTION_ORACLE_BATCH_SIZE) and decoder: `generate` (every
-row computed until the batch's last one ends, as before) and `pruned` (engines/decoding.py:
+row computed until the batch's last one ends, as before) and `pruned` (engines/models/decoding.py:
 a row leaves the batch when it ends, the prompts' shared beginning computed once). The
 model loads once, before the timing. Prints wall time, tokens generated, tokens per second,
 each row's speed against the first, and whether the pruned decoder wrote the same replies
@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 from reflection_assets.engines.oracle.backends import LocalBackend  # noqa: E402
 from reflection_assets.engines.oracle.client import OracleClient  # noqa: E402
 from reflection_assets.engines.oracle.settings import OracleSettings  # noqa: E402
-from reflection_assets.engines.storage import Database  # noqa: E402
+from reflection_assets.engines.store.storage import Database  # noqa: E402
 from reflection_assets.method import compact_prompts  # noqa: E402
 from reflection_assets.method.prompts import BETTER_ANSWER, NEW_INSTRUCTION  # noqa: E402
 

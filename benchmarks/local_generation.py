@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO))
 
 from reflection_assets.engines.oracle.client import OracleClient  # noqa: E402
 from reflection_assets.engines.oracle.settings import OracleSettings  # noqa: E402
-from reflection_assets.engines.storage import Database  # noqa: E402
+from reflection_assets.engines.store.storage import Database  # noqa: E402
 from reflection_assets.method import compact_prompts  # noqa: E402
 from reflection_assets.method.parsing import parse_continuation  # noqa: E402
 from reflection_assets.method.prompts import BETTER_ANSWER, NEW_INSTRUCTION  # noqa: E402

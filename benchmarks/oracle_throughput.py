@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 
 from reflection_assets.engines.oracle.client import OracleClient  # noqa: E402
 from reflection_assets.engines.oracle.settings import OracleSettings  # noqa: E402
-from reflection_assets.engines.storage import Database  # noqa: E402
+from reflection_assets.engines.store.storage import Database  # noqa: E402
 
 
 def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:

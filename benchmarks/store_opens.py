@@ -1,5 +1,5 @@
 """What the store's opens cost when a run writes in small steps, and what the two remedies
-in engines/storage.py save, side by side in one run.
+in engines/store/storage.py save, side by side in one run.
 
 A step writes a few rows at a time (the reply cache's flush of a few replies, a shard's
 results) and reads around each write (served_by, health checks, summaries). Every open of
@@ -30,8 +30,8 @@ import duckdb
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from reflection_assets.engines import storage  # noqa: E402
-from reflection_assets.engines.storage import Database  # noqa: E402
+from reflection_assets.engines.store import storage  # noqa: E402
+from reflection_assets.engines.store.storage import Database  # noqa: E402
 
 
 def grow(path: Path, size_mb: float) -> None:

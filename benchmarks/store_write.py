@@ -6,7 +6,7 @@ This measures, on a store grown to about --size-gb of reply-like rows:
 
 - open + close with nothing written;
 - one write as the reply cache makes it: open, insert --rows replies, commit, close
-  (the checkpoint included), through engines.storage.Database, i.e. under its lock;
+  (the checkpoint included), through engines.store.storage.Database, i.e. under its lock;
 - the same write with DuckDB's default checkpoint on close, which the store turns off;
 - the same insert on a connection kept open (no open, no close, no checkpoint), side by side;
 - a reader's wait: `reflection status`-like read while another process writes in a loop.
@@ -28,7 +28,7 @@ import duckdb
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from reflection_assets.engines.storage import Database, store_lock  # noqa: E402
+from reflection_assets.engines.store.storage import Database, store_lock  # noqa: E402
 
 ROW = "SELECT md5(i::VARCHAR) || '-{n}', repeat(md5((i * 7)::VARCHAR), {reps}), i, 0.001 FROM range({start}, {end}) t(i)"
 

@@ -1,6 +1,6 @@
 """Peak memory and tokens/s of training at max_length 2048: the loop this package used
 before the trainer (float32 weights, no activation checkpointing, written here) against
-the trainer it uses now (transformers' Trainer, engines/trainer.py), with and without
+the trainer it uses now (transformers' Trainer, engines/student/trainer.py), with and without
 activation checkpointing, side by side in one run.
 
 The model is Llama-shaped, built from a config with random weights (nothing downloaded):
@@ -43,7 +43,7 @@ def build_model(folder: Path, args: argparse.Namespace) -> int:
 
     from transformers import AutoTokenizer
 
-    from reflection_assets.engines.models import embedded_gguf
+    from reflection_assets.engines.models.loading import embedded_gguf
 
     gguf = embedded_gguf()  # its tokenizer only: the 135M weights are not converted
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -70,13 +70,13 @@ def long_rows(n: int) -> list[tuple[str, str, str, str]]:
 
 
 def old_loop(config, artifacts: str, rows, steps: int) -> dict:
-    """The loop of engines/student.py before the trainer (as it was at 48fb722): float32
+    """The loop of engines/student/training.py before the trainer (as it was at 48fb722): float32
     weights on one device, LoRA, AdamW, a plain forward and backward per batch."""
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from reflection_assets.engines.models import load_causal_lm, load_tokenizer
-    from reflection_assets.engines.student import build_examples, collate, resolve_template
+    from reflection_assets.engines.models.loading import load_causal_lm, load_tokenizer
+    from reflection_assets.engines.student.training import build_examples, collate, resolve_template
 
     tokenizer = load_tokenizer(config.base_model, artifacts)
     tokenizer.padding_side = "right"
@@ -108,8 +108,8 @@ def peak_resident_kib() -> int:
 
 
 def one(name: str, folder: Path, args: argparse.Namespace) -> dict:
-    from reflection_assets.engines import trainer
-    from reflection_assets.engines.student import TrainConfig
+    from reflection_assets.engines.student import trainer
+    from reflection_assets.engines.student.training import TrainConfig
 
     kind, checkpointing = CONFIGS[name]
     config = TrainConfig(base_model=str(folder / "model"), max_length=args.max_length, batch_size=1,

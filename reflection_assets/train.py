@@ -5,7 +5,7 @@ The adapter assets start it through Dagster Pipes (PipesSubprocessClient): the m
 process then sends its log lines, every logging step's loss and the final metrics to the
 Dagster run, so the UI shows the training as it goes. Started by hand (on a GPU host, in a
 Slurm job), it prints them instead; either way it leaves its result in the staging folder
-(engines/trainer.py), which the adapter asset registers when it runs again.
+(engines/student/trainer.py), which the adapter asset registers when it runs again.
 
 Exit status: 0 trained; 2 the training cannot start (the message is in error.txt and on
 stderr); 3 another process is training the same staging folder; anything else a crash."""
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         _watch_parent(os.environ[PARENT_ENV])
     is_main = int(os.environ.get("RANK", "0")) == 0
     lock = _lock(staging) if is_main else None
-    from reflection_assets.engines.trainer import ERROR, run_training
+    from reflection_assets.engines.student.trainer import ERROR, run_training
     from reflection_assets.errors import UserError
 
     if is_main:

@@ -69,7 +69,7 @@ def tiny_student(shared_artifacts) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from reflection_assets.engines.models import EMBEDDED_NAME, load_tokenizer
+    from reflection_assets.engines.models.loading import EMBEDDED_NAME, load_tokenizer
 
     folder = shared_artifacts / "tiny-student"
     if not (folder / "config.json").exists():

@@ -1,7 +1,7 @@
 """baseline_adapter, recycled_adapter and selective_adapter: the same student, tuned the
 same way (LoRA by default), on the original, the recycled and the student-selected data of
 one dataset. The step reads the rows, launches the trainer in a process of its own through
-Dagster Pipes (engines/trainer.py, reflection_assets/train.py) and registers the result."""
+Dagster Pipes (engines/student/trainer.py, reflection_assets/train.py) and registers the result."""
 
 import dataclasses
 import typing
@@ -17,9 +17,9 @@ from reflection_assets.assets.raw import raw_dataset
 from reflection_assets.assets.reflection import recycled_dataset
 from reflection_assets.assets.selection import selective_dataset
 from reflection_assets.assets.resources import OWNER, StorageResource, step_pool
-from reflection_assets.engines.adapters import Adapter, clear_current, has_training_rows, train_or_reuse
-from reflection_assets.engines.models import model_identity
-from reflection_assets.engines.student import TrainConfig
+from reflection_assets.engines.student.adapters import Adapter, clear_current, has_training_rows, train_or_reuse
+from reflection_assets.engines.models.loading import model_identity
+from reflection_assets.engines.student.training import TrainConfig
 
 ALL_SHARDS_OF_DATASET = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="dataset")
 # The main job's small default: a few minutes of CPU. For a real run set max_steps to null
@@ -47,7 +47,7 @@ AdapterConfig = create_model(
     "AdapterConfig",
     __base__=_AdapterConfigBase,
     __module__=__name__,
-    __doc__="Training settings (engines/student.py TrainConfig). The defaults are the main job's: "
+    __doc__="Training settings (engines/student/training.py TrainConfig). The defaults are the main job's: "
     f"{MAIN_JOB_MAX_STEPS} steps on the embedded model; for a real run set max_steps to null.",
     **{
         knob.name: _config_field(knob, kind)

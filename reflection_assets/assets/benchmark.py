@@ -16,11 +16,11 @@ from reflection_assets.assets.oracles import judge as judge_source
 from reflection_assets.assets.oracles import llm_client
 from reflection_assets.assets.partitions import DATASETS
 from reflection_assets.assets.resources import OWNER, JudgeResource, StorageResource, step_pool
-from reflection_assets.engines.answers import GenerationSettings
-from reflection_assets.engines.benchmark import REFERENCE, plot_scores, run_benchmark, significance
-from reflection_assets.engines.reflection_store import judge_served_by
-from reflection_assets.engines.served_answers import AnswersBackend
-from reflection_assets.engines.testsets import BUNDLED_TESTSET, TestsetError, TestsetRegistry
+from reflection_assets.engines.benchmark.answers import GenerationSettings
+from reflection_assets.engines.benchmark.run import REFERENCE, plot_scores, run_benchmark, significance
+from reflection_assets.engines.reflection.store import judge_served_by
+from reflection_assets.engines.benchmark.served_answers import AnswersBackend
+from reflection_assets.engines.benchmark.testsets import BUNDLED_TESTSET, TestsetError, TestsetRegistry
 
 CHECK = "recycled_beats_baseline"
 

@@ -7,7 +7,7 @@ from reflection_assets.assets.failures import user_errors_fail_the_step
 from reflection_assets.assets.metadata import column_schema, markdown_table
 from reflection_assets.assets.partitions import RECORD_PARTITIONS, SHARD_COUNT, dataset_and_shard
 from reflection_assets.assets.resources import OWNER, StorageResource, step_pool
-from reflection_assets.engines.ingest import point_shard, shard_fingerprint, shard_summary, stage_version
+from reflection_assets.engines.data.ingest import point_shard, shard_fingerprint, shard_summary, stage_version
 from reflection_assets.method.records import DEFAULT_MAX_RECORD_CHARS, RejectReason
 
 RAW_COLUMNS = column_schema(

@@ -15,8 +15,8 @@ from reflection_assets.assets.partitions import RECORD_PARTITIONS, dataset_and_s
 from reflection_assets.assets.raw import raw_dataset
 from reflection_assets.assets.resources import OWNER, OracleResource, StorageResource, oracle_pool, step_pool
 from reflection_assets.engines.oracle.client import OracleClient
-from reflection_assets.engines.reflection import PhaseResult, prompt_version, reflect_instructions, reflect_responses, repair_calls
-from reflection_assets.engines.reflection_store import (
+from reflection_assets.engines.reflection.phases import PhaseResult, prompt_version, reflect_instructions, reflect_responses, repair_calls
+from reflection_assets.engines.reflection.store import (
     recycled_summary,
     response_variants,
     served_by,
@@ -26,7 +26,7 @@ from reflection_assets.engines.reflection_store import (
     write_recycled,
     write_response_results,
 )
-from reflection_assets.engines.storage import Database
+from reflection_assets.engines.store.storage import Database
 from reflection_assets.method.parsing import ALL_OUTCOMES
 from reflection_assets.method.profiles import PROFILES
 from reflection_assets.method.prompts import BETTER_ANSWER, NEW_ANSWER, NEW_INSTRUCTION

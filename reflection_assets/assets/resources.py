@@ -12,7 +12,7 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field, create_model
 
 from reflection_assets.dagster_private import install_pool_wait
-from reflection_assets.engines.datasets import DatasetRegistry
+from reflection_assets.engines.data.datasets import DatasetRegistry
 from reflection_assets.engines.oracle.batch import BatchScope
 from reflection_assets.engines.oracle.client import OracleClient
 from reflection_assets.engines.oracle.kinds import KINDS
@@ -25,13 +25,13 @@ from reflection_assets.engines.oracle.settings import (
     settings_with_sources,
 )
 from reflection_assets.engines.settings import default_artifacts, default_database, pool_report_s
-from reflection_assets.engines.storage import Database
+from reflection_assets.engines.store.storage import Database
 from reflection_assets.method.served import ServedIdentity
 
 # What is really scarce: the steps that run a model (training, answering, scoring, the
 # embedded oracle) take a slot of this pool, whose limit is the number of devices (1 by the
 # instance's default_limit: two local models never fight over the same cores or GPU). The
-# store needs no pool: engines/storage.py holds it only while a step reads or writes.
+# store needs no pool: engines/store/storage.py holds it only while a step reads or writes.
 GPU_POOL = "gpu"
 OWNER = "team:data-recycling"
 
@@ -59,7 +59,7 @@ class StorageResource(DuckDBResource):
     (`database`, `connection_config`, `get_connection()`), plus what this project needs of
     it: the schema set up from the package's SQL when it changed, read-only access, and
     queueing on the store's lock for each read or write (up to `lock_timeout_s`, then a clear
-    error naming the holder): engines/storage.py.
+    error naming the holder): engines/store/storage.py.
 
     Left empty, `database` and `artifacts` come from REFLECTION_DUCKDB / REFLECTION_ARTIFACTS
     or sit under $DAGSTER_HOME, read when used, so the CLI, the UI and the tests agree."""

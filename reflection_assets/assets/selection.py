@@ -18,9 +18,9 @@ from reflection_assets.assets.metadata import markdown_table, png_markdown
 from reflection_assets.assets.partitions import RECORD_PARTITIONS, dataset_and_shard
 from reflection_assets.assets.reflection import reflected_responses
 from reflection_assets.assets.resources import OWNER, StorageResource, env_var_values, resource_field, step_pool
-from reflection_assets.engines.ifd import STUDENT_PREFIX, ScoringError, StudentScorer, StudentSettings
+from reflection_assets.engines.selection.ifd import STUDENT_PREFIX, ScoringError, StudentScorer, StudentSettings
 from reflection_assets.engines.oracle.settings import env_settings, read_settings
-from reflection_assets.engines.selection_store import score_distribution, score_shard, select_shard
+from reflection_assets.engines.selection.store import score_distribution, score_shard, select_shard
 from reflection_assets.method.digests import json_digest
 from reflection_assets.method.selection import VARIANTS
 
@@ -43,7 +43,7 @@ StudentResource = create_model(
     __base__=_StudentResourceBase,
     __module__=__name__,
     __doc__="The student that scores variants for selective recycling. Every field is a "
-    "setting of StudentSettings (engines/ifd.py); a field left unset comes from its "
+    "setting of StudentSettings (engines/selection/ifd.py); a field left unset comes from its "
     "REFLECTION_STUDENT_* environment variable, or the default.",
     **{e.name: resource_field(e, STUDENT_PREFIX + e.env) for e in env_settings(StudentSettings)},
 )

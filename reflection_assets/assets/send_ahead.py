@@ -15,9 +15,9 @@ from reflection_assets.assets.failures import user_errors_fail_the_step
 from reflection_assets.assets.oracles import served_identity_for
 from reflection_assets.assets.partitions import SHARDS
 from reflection_assets.assets.resources import OracleResource, StorageResource, oracle_pool
-from reflection_assets.engines.batch_files import EXPORT_STAGES, send_ahead
+from reflection_assets.engines.planning.batch_files import EXPORT_STAGES, send_ahead
 from reflection_assets.engines.oracle.batch import BatchScope
-from reflection_assets.engines.reflection import repair_calls
+from reflection_assets.engines.reflection.phases import repair_calls
 
 SEND_AHEAD_JOB = "send_ahead"
 
@@ -43,15 +43,14 @@ def send_ahead_op(context: dg.OpExecutionContext, config: SendAheadConfig, oracl
         repair = repair_calls(config.repair, settings.kind.repair_default)
         shards = list(config.shards) or [int(s) for s in SHARDS.get_partition_keys()]
         how = "batch mode" if settings.mode == "batch" else "embedded oracle"
-        context.log.info(f"{how}: sending ahead what {config.stage} needs for {len(shards)} shard(s) of "
-                         f"{config.dataset}" + (", in batches across shards" if settings.kind.sends_ahead else ""))
         scope = BatchScope("oracle", config.dataset, config.stage, None)
 
         def make_client(cls):
             return oracle.client(storage, context.log, served, scope, client_class=cls)
 
         asked = send_ahead(make_client, storage.db(), config.dataset, shards, config.stage, repair, config.also_original)
-        context.log.info(f"{how}: {asked} requests of {config.stage} answered ahead; materializing its shards")
+        context.log.info(f"{how}: {asked} requests of {config.stage} for {len(shards)} shard(s) of {config.dataset} "
+                         "answered ahead")
 
 
 @dg.job(name=SEND_AHEAD_JOB, executor_def=dg.in_process_executor,

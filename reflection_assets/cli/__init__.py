@@ -12,9 +12,9 @@ from reflection_assets.cli.oracle import cmd_oracle_ask, cmd_oracle_info
 from reflection_assets.cli.registry import cmd_datasets_add, cmd_datasets_list, cmd_testsets_add, cmd_testsets_list
 from reflection_assets.cli.runs import cmd_estimate, cmd_instance, cmd_observe, cmd_recover, cmd_run, cmd_status
 from reflection_assets.cli.store import add_parser as add_store_parser
-from reflection_assets.engines.export import EXPORT_FORMATS, INSPECTION_STAGES, STAGES
-from reflection_assets.engines.sources import FORMATS
-from reflection_assets.engines.testsets import FORMATS as TESTSET_FORMATS
+from reflection_assets.engines.data.export import EXPORT_FORMATS, INSPECTION_STAGES, STAGES
+from reflection_assets.engines.data.sources import FORMATS
+from reflection_assets.engines.benchmark.testsets import FORMATS as TESTSET_FORMATS
 from reflection_assets.errors import UserError
 
 

@@ -20,10 +20,10 @@ def cmd_batch_export(args: argparse.Namespace) -> int:
     from reflection_assets.assets.oracles import served_identity_for
     from reflection_assets.assets.partitions import SHARDS
     from reflection_assets.dagster_instance import ensure_instance
-    from reflection_assets.engines.batch_files import stage_requests, write_export
+    from reflection_assets.engines.planning.batch_files import stage_requests, write_export
     from reflection_assets.engines.oracle.batch_store import BatchStore
     from reflection_assets.engines.oracle.client import DeferringClient
-    from reflection_assets.engines.reflection import repair_calls
+    from reflection_assets.engines.reflection.phases import repair_calls
 
     storage = storage_resource()
     storage.registry().get(args.dataset)  # an unknown name fails here, with the names there are
@@ -52,7 +52,7 @@ def cmd_batch_export(args: argparse.Namespace) -> int:
 
 
 def cmd_batch_import(args: argparse.Namespace) -> int:
-    from reflection_assets.engines.batch_files import import_files
+    from reflection_assets.engines.planning.batch_files import import_files
     from reflection_assets.engines.oracle.batch_store import BatchStore
 
     settings = _resource("oracle").settings()
@@ -118,7 +118,7 @@ def cmd_batch_cancel(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub) -> None:
-    from reflection_assets.engines.batch_files import EXPORT_STAGES
+    from reflection_assets.engines.planning.batch_files import EXPORT_STAGES
 
     batch = sub.add_parser("batch", help="offline batch files, and the batches batch mode recorded")
     bsub = batch.add_subparsers(dest="batch_command", required=True)

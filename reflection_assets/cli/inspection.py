@@ -9,7 +9,7 @@ from reflection_assets.cli.common import storage_resource
 
 
 def print_scores(names: list[str]) -> bool:
-    from reflection_assets.engines.benchmark import latest_report
+    from reflection_assets.engines.benchmark.run import latest_report
 
     db = storage_resource().db()
     printed = False
@@ -26,7 +26,7 @@ def cmd_scores(args: argparse.Namespace) -> int:
     if args.json:
         import json
 
-        from reflection_assets.engines.benchmark import latest_scores
+        from reflection_assets.engines.benchmark.run import latest_scores
 
         db = storage_resource().db()
         found = [latest for name in names if (latest := latest_scores(db, name)) is not None]
@@ -110,7 +110,7 @@ def _print_serve_args(rows: list[dict]) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from reflection_assets.engines.export import export_dataset
+    from reflection_assets.engines.data.export import export_dataset
     from reflection_assets.engines.settings import shard_count
 
     storage = storage_resource()
@@ -131,7 +131,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_lineage(args: argparse.Namespace) -> int:
     from reflection_assets.assets.metadata import one_line
-    from reflection_assets.engines.lineage import record_lineage
+    from reflection_assets.engines.data.lineage import record_lineage
 
     for chain in record_lineage(storage_resource().db(), args.record_id, args.dataset):
         r = chain.record

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from reflection_assets.cli.common import storage_resource
-from reflection_assets.engines.datasets import parse_field_map
+from reflection_assets.engines.data.datasets import parse_field_map
 
 
 def cmd_datasets_add(args: argparse.Namespace) -> int:
@@ -35,7 +35,7 @@ def cmd_datasets_list(args: argparse.Namespace) -> int:
 
 
 def cmd_testsets_add(args: argparse.Namespace) -> int:
-    from reflection_assets.engines.testsets import TestsetRegistry
+    from reflection_assets.engines.benchmark.testsets import TestsetRegistry
 
     spec, count = TestsetRegistry(storage_resource().db()).add(args.name, args.source, args.format)
     print(f"test set {spec.name}: {count} prompts from {spec.source}" + (f" ({spec.format})" if spec.format else ""))
@@ -43,7 +43,7 @@ def cmd_testsets_add(args: argparse.Namespace) -> int:
 
 
 def cmd_testsets_list(args: argparse.Namespace) -> int:
-    from reflection_assets.engines.testsets import TestsetRegistry
+    from reflection_assets.engines.benchmark.testsets import TestsetRegistry
 
     specs = TestsetRegistry(storage_resource().db()).list()
     width = max(len(s.name) for s in specs)

@@ -9,15 +9,15 @@ from collections import defaultdict
 
 from reflection_assets.cli.common import storage_resource
 from reflection_assets.cli.inspection import print_scores
-from reflection_assets.engines.datasets import DatasetError
+from reflection_assets.engines.data.datasets import DatasetError
 from reflection_assets.errors import SettingsError
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     from reflection_assets.dagster_instance import ensure_instance
     from reflection_assets.definitions import DATASET_ASSETS, RECORD_ASSETS, defs
-    from reflection_assets.engines.lineage import oracle_spend
-    from reflection_assets.engines.shards import UPSTREAM, written_shards
+    from reflection_assets.engines.data.lineage import oracle_spend
+    from reflection_assets.engines.data.shards import UPSTREAM, written_shards
     from reflection_assets.status import asset_statuses, render, unobserved_changes
 
     by_shard = ("raw_dataset", *UPSTREAM)  # the stages that record the shards they wrote
@@ -170,24 +170,28 @@ def _sends_ahead(settings) -> bool:
     return settings.mode == "batch" or settings.kind.sends_ahead
 
 
-def _record_groups(record_keys, per_shard: bool = False):
+def _oracle_settings():
+    """The oracle's settings as the definitions' resource gives them to the runs."""
+    import dagster as dg
+
+    from reflection_assets.definitions import defs
+
+    with dg.build_resources({"oracle": defs.resources["oracle"]}) as resources:  # its EnvVars resolved
+        return resources.oracle.settings()
+
+
+def _record_groups(record_keys, settings, per_shard: bool = False):
     """The record-level assets as `reflection run` materializes them: all of them per shard,
     in one run each; when the oracle's requests are sent ahead (_sends_ahead), level by
     level, each reflection stage after what it reads, its oracle requests for the whole
     dataset sent ahead first by a `send_ahead` run (the stage it opens is the second element).
-    The oracle is the definitions' resource, as the runs will see it."""
-    import dagster as dg
-
-    from reflection_assets.definitions import RECORD_ASSETS, defs
-    from reflection_assets.engines.batch_files import EXPORT_STAGES
+    `settings` are the oracle's, as the runs will see them (_oracle_settings)."""
+    from reflection_assets.definitions import RECORD_ASSETS
+    from reflection_assets.engines.planning.batch_files import EXPORT_STAGES
 
     if not record_keys:
         return []
-    if per_shard:
-        return [(record_keys, None)]
-    with dg.build_resources({"oracle": defs.resources["oracle"]}) as resources:  # its EnvVars resolved
-        settings = resources.oracle.settings()
-    if not _sends_ahead(settings):
+    if per_shard or not _sends_ahead(settings):
         return [(record_keys, None)]
     groups: list[tuple[list, str | None]] = [([], None)]
     for asset in RECORD_ASSETS:
@@ -216,7 +220,7 @@ def _stderr_log(name: str, level: int):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from reflection_assets.assets.partitions import DATASETS, RECORD_PARTITIONS
+    from reflection_assets.assets.partitions import DATASETS, RECORD_PARTITIONS, SHARD_COUNT
     from reflection_assets.dagster_instance import ensure_instance
     from reflection_assets.definitions import JOB_FOR_PARTITIONS, defs
     from reflection_assets.runner import (
@@ -242,9 +246,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     outcomes = []
     stopped = None
     interrupted = False  # a send_ahead run stopped by SIGTERM or Ctrl-C
+    groups = _record_groups(record_keys, _oracle_settings(), args.per_shard) if record_keys else []
     for spec in specs:
-        for group, stage in _record_groups(record_keys, args.per_shard):
+        for group, stage in groups:
             if stage is not None:
+                settings = _oracle_settings()
+                how = "batch mode" if settings.mode == "batch" else "embedded oracle"
+                count = len(args.shard) if args.shard else SHARD_COUNT
+                print(f"{how}: sending ahead what {stage} needs for {count} shard(s) of {spec.name}"
+                      + (", in batches across shards" if settings.kind.sends_ahead else "")
+                      + " (a run of the send_ahead job)", file=sys.stderr)
                 ahead = send_ahead_run(instance, defs, spec.name, stage, args.shard, (asset_config or {}).get(stage, {}),
                                        args.log_level)
                 if ahead.interrupted:
@@ -274,7 +285,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if any(o.interrupted for o in outcomes):
             break
     _print_summary(outcomes)
-    from reflection_assets.engines.lineage import recycling_summary
+    from reflection_assets.engines.data.lineage import recycling_summary
 
     for spec in specs:
         for line in recycling_summary(storage_resource().db(), spec.name):
@@ -299,7 +310,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     from reflection_assets.assets.reflection import ReflectionConfig, ResponseReflectionConfig
     from reflection_assets.assets.resources import JudgeResource, OracleResource
     from reflection_assets.dagster_instance import ensure_instance
-    from reflection_assets.engines.estimate import (
+    from reflection_assets.engines.planning.estimate import (
         ESTIMATE_STAGES,
         JUDGE_STAGE,
         JudgePlan,
@@ -311,8 +322,8 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         price_of,
     )
     from reflection_assets.engines.oracle.batch import BatchScope
-    from reflection_assets.engines.reflection import repair_calls
-    from reflection_assets.engines.testsets import TestsetRegistry
+    from reflection_assets.engines.reflection.phases import repair_calls
+    from reflection_assets.engines.benchmark.testsets import TestsetRegistry
 
     storage = storage_resource()
     storage.registry().get(args.dataset)  # an unknown name says so

@@ -1,5 +1,5 @@
 """`reflection doctor` and `reflection rebuild`: is the store whole, and the way back when
-it is not (engines/recovery.py)."""
+it is not (engines/store/recovery.py)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def add_parser(sub) -> None:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from reflection_assets.engines.recovery import doctor
+    from reflection_assets.engines.store.recovery import doctor
 
     checkup = doctor(storage_resource().db(), backfill=args.backfill)
     print("\n".join(checkup.lines))
@@ -35,7 +35,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def cmd_rebuild(args: argparse.Namespace) -> int:
     from reflection_assets.dagster_instance import ensure_instance
-    from reflection_assets.engines.recovery import RECOMPUTED, doctor, rebuild
+    from reflection_assets.engines.store.recovery import RECOMPUTED, doctor, rebuild
     from reflection_assets.runner import sync_dataset_partitions
 
     db = storage_resource().db()

@@ -1,6 +1,6 @@
 """The student's prompt layouts: one formatter for what the student is trained on
-(engines/student.py), what it answers in the benchmark (engines/answers.py) and what V2's
-scoring reads (engines/ifd.py), so that the three see a pair the same way.
+(engines/student/training.py), what it answers in the benchmark (engines/benchmark/answers.py) and what V2's
+scoring reads (engines/selection/ifd.py), so that the three see a pair the same way.
 
 A layout turns (instruction, input) into the text the student reads before its response:
 

@@ -8,8 +8,8 @@ one section per call: what a small local model can follow (the embedded 135M mod
 the paper prompt until max_tokens). `auto` picks compact for the local backend and paper for
 endpoints (engines/oracle/kinds.py).
 
-The engines loop over a profile's steps (engines/reflection.py) and call its judge the way
-its protocol says (engines/judge.py); nothing compares a profile's name.
+The engines loop over a profile's steps (engines/reflection/phases.py) and call its judge the way
+its protocol says (engines/benchmark/judge.py); nothing compares a profile's name.
 
 **Versions.** A profile's version is part of every request and of the oracle's fingerprint,
 so a change of prompt text must come with a new one: the version is derived from what the

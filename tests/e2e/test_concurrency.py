@@ -1,4 +1,4 @@
-"""The store is held for reads and writes, not for the work between them (engines/storage.py):
+"""The store is held for reads and writes, not for the work between them (engines/store/storage.py):
 runs of several shards, of several datasets, and the readers work side by side.
 
 - Four `reflection run` processes, one shard each of one dataset, against a scripted oracle
@@ -24,7 +24,7 @@ import duckdb
 import pytest
 import yaml
 
-from reflection_assets.engines.storage import store_wait_s
+from reflection_assets.engines.store.storage import store_wait_s
 from reflection_assets.method.records import shard_of, to_record
 from tests.conftest import REPO, alpaca_rows, write_json
 from tests.fakes import reflection_oracle

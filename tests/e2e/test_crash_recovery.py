@@ -16,7 +16,7 @@ import dagster as dg
 import duckdb
 import pytest
 
-from reflection_assets.engines.ledger import ledger_folder, read_segment, segment_paths
+from reflection_assets.engines.store.ledger import ledger_folder, read_segment, segment_paths
 from tests.conftest import alpaca_rows, write_json
 from tests.e2e.dagster_dev import BIN, dagster_dev, graphql, launch_partition_run
 from tests.fakes import reflection_oracle

@@ -17,8 +17,8 @@ import duckdb
 import pytest
 import yaml
 
-from reflection_assets.engines.adapters import adapter_id_for, data_fingerprint, held_out
-from reflection_assets.engines.student import TrainConfig
+from reflection_assets.engines.student.adapters import adapter_id_for, data_fingerprint, held_out
+from reflection_assets.engines.student.training import TrainConfig
 from tests.conftest import REPO, alpaca_rows, write_json
 
 BIN = os.path.dirname(sys.executable)
@@ -161,8 +161,8 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(env, tmp_path, share
 def test_full_fine_tuning_leaves_a_model_the_benchmark_answers_with(env, tmp_path, shared_artifacts):
     import torch
 
-    from reflection_assets.engines.answers import GenerationSettings, LoadedModel, Model
-    from reflection_assets.engines.models import load_causal_lm
+    from reflection_assets.engines.benchmark.answers import GenerationSettings, LoadedModel, Model
+    from reflection_assets.engines.models.loading import load_causal_lm
 
     settings = {"method": "full", "max_steps": 2, "batch_size": 2, "max_length": 64, "save_steps": 0,
                 "learning_rate": 1e-4}
@@ -188,8 +188,8 @@ def test_full_fine_tuning_leaves_a_model_the_benchmark_answers_with(env, tmp_pat
 def test_accelerate_launches_the_same_training(tmp_path, shared_artifacts, tiny_student):
     """`launcher: accelerate` (no config file: --multi_gpu, which runs on CPUs through
     torch.distributed too) trains in 2 processes what one process trains here."""
-    from reflection_assets.engines import trainer
-    from reflection_assets.engines.adapters import run_process
+    from reflection_assets.engines.student import trainer
+    from reflection_assets.engines.student.adapters import run_process
     from tests.integration.test_adapters import train_here
 
     rows = [(f"{i:08x}", r["instruction"], r["input"], r["output"]) for i, r in enumerate(ROWS)]

@@ -11,10 +11,10 @@ reply journal: the benchmark compares the two."""
 import sys
 
 from reflection_assets.engines.oracle.client import OracleClient
-from reflection_assets.engines.ledger import Ledger
+from reflection_assets.engines.store.ledger import Ledger
 from reflection_assets.engines.oracle.cache import OracleCache
 from reflection_assets.engines.oracle.settings import OracleSettings
-from reflection_assets.engines.storage import Database
+from reflection_assets.engines.store.storage import Database
 
 
 def main() -> None:

@@ -8,11 +8,11 @@ import dagster as dg
 import duckdb
 import pytest
 
-from reflection_assets.engines.adapters import held_out
-from reflection_assets.engines.models import EMBEDDED_GGUF, ModelError, embedded_gguf
-from reflection_assets.engines import trainer
+from reflection_assets.engines.student.adapters import held_out
+from reflection_assets.engines.models.loading import EMBEDDED_GGUF, ModelError, embedded_gguf
+from reflection_assets.engines.student import trainer
 from reflection_assets.method.layouts import render
-from reflection_assets.engines.student import (
+from reflection_assets.engines.student.training import (
     IGNORE,
     TrainConfig,
     TrainingError,
@@ -132,8 +132,8 @@ def test_bad_input_fails_before_a_model_loads(tmp_path, tokenizer_only_model):
 def test_training_lowers_the_loss_and_the_adapter_reloads(shared_artifacts, tmp_path):
     from peft import PeftModel
 
-    from reflection_assets.engines.models import load_causal_lm, load_tokenizer
-    from reflection_assets.engines.student import mean_loss
+    from reflection_assets.engines.models.loading import load_causal_lm, load_tokenizer
+    from reflection_assets.engines.student.training import mean_loss
 
     config = TrainConfig(max_steps=12, learning_rate=2e-3, batch_size=4, eval_fraction=0.0, precision="float32")
     tokenizer = load_tokenizer(config.base_model, shared_artifacts)
@@ -193,8 +193,8 @@ def test_the_adapter_assets_through_dagster(home, instance, oracle, tmp_path, sh
     assert again["baseline_adapter"]["adapter_id"].value == first["baseline_adapter"]["adapter_id"].value
 
     # The adapter registry is in the ledger too: a rebuilt store has it, every column as it was.
-    from reflection_assets.engines.recovery import rebuild
-    from reflection_assets.engines.storage import Database
+    from reflection_assets.engines.store.recovery import rebuild
+    from reflection_assets.engines.store.storage import Database
 
     tables = ("training.adapters", "training.adapter_records", "training.current_adapters")
 

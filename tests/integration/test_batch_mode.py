@@ -12,7 +12,7 @@ from reflection_assets.engines.oracle.batch_store import BatchStore
 from reflection_assets.engines.oracle.client import OracleClient
 from reflection_assets.engines.oracle.pricing import cost_usd, price_for
 from reflection_assets.engines.oracle.settings import settings_from_env
-from reflection_assets.engines.storage import Database
+from reflection_assets.engines.store.storage import Database
 from reflection_assets.errors import SettingsError
 from tests.fakes.batch_server import FakeBatchAPI
 

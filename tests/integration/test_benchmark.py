@@ -96,7 +96,7 @@ def judge(monkeypatch):
 
 
 def test_benchmark_scores_with_a_scripted_judge(home, instance, oracle, judge, tmp_path, shared_artifacts, monkeypatch, capsys):  # noqa: F811
-    from reflection_assets.engines.testsets import TestsetRegistry
+    from reflection_assets.engines.benchmark.testsets import TestsetRegistry
     from reflection_assets.assets.resources import StorageResource
 
     monkeypatch.setenv("REFLECTION_ARTIFACTS", str(shared_artifacts))
@@ -176,7 +176,7 @@ def test_benchmark_scores_with_a_scripted_judge(home, instance, oracle, judge, t
     assert all(n == len(everyone - trained) and loss > 0 for _, _, n, loss in losses)
 
     # Record lineage reaches the adapters a record trained and the benchmark that scored them.
-    from reflection_assets.engines.lineage import record_lineage
+    from reflection_assets.engines.data.lineage import record_lineage
 
     db = StorageResource().db()
     [chain] = record_lineage(db, sorted(trained)[0])

@@ -60,7 +60,7 @@ def test_adapters_are_judged_against_the_reference_answers(home, instance, oracl
                                                             tiny_student, monkeypatch, capsys):
     from reflection_assets.assets.resources import StorageResource
     from reflection_assets.cli import main
-    from reflection_assets.engines.testsets import TestsetRegistry
+    from reflection_assets.engines.benchmark.testsets import TestsetRegistry
 
     monkeypatch.setenv("REFLECTION_ARTIFACTS", str(shared_artifacts))
     register(instance, "tagged", write_json(tmp_path / "tagged.json", TAGGED))

@@ -134,7 +134,7 @@ def test_bad_input_is_a_clear_message_and_sends_nothing(home, instance, tmp_path
 def test_the_judge_of_benchmark_scores_when_asked(home, instance, tmp_path, oracle, capsys):
     """Before any adapter exists: every comparison the main job judges, both orders, on the
     configured prompts; nothing is sent (the judge falls back to the oracle's settings)."""
-    from reflection_assets.engines.testsets import BUNDLED_TESTSET, TestsetRegistry
+    from reflection_assets.engines.benchmark.testsets import BUNDLED_TESTSET, TestsetRegistry
     from reflection_assets.assets.resources import StorageResource
 
     dataset(instance, tmp_path, 12, name="small")

@@ -8,9 +8,9 @@ import duckdb
 import pytest
 
 from reflection_assets.assets.resources import JudgeResource, OracleResource, StorageResource
-from reflection_assets.engines.models import CONVERSION_VERSION, EMBEDDED_NAME
-from reflection_assets.engines.judge import judge_all
-from reflection_assets.engines.testsets import TestPrompt
+from reflection_assets.engines.models.loading import CONVERSION_VERSION, EMBEDDED_NAME
+from reflection_assets.engines.benchmark.judge import judge_all
+from reflection_assets.engines.benchmark.testsets import TestPrompt
 from tests.conftest import REPO, write_json
 from tests.integration.test_reflection_assets import ALL
 from tests.integration.test_raw_dataset import register

@@ -14,7 +14,7 @@ import pytest
 from reflection_assets.engines.oracle.client import OracleClient
 from reflection_assets.engines.oracle.replies import ErrorKind
 from reflection_assets.engines.oracle.settings import OracleSettings
-from reflection_assets.engines.storage import Database
+from reflection_assets.engines.store.storage import Database
 from tests.fakes.openai_server import FakeOpenAI
 
 REPO = Path(__file__).resolve().parents[2]
@@ -220,7 +220,7 @@ def ledger_numbers(database: Path) -> list[int]:
     """The question numbers of the reply lines in the ledger's segments, one per line."""
     import json
 
-    from reflection_assets.engines.ledger import ledger_folder, read_segment, segment_paths
+    from reflection_assets.engines.store.ledger import ledger_folder, read_segment, segment_paths
 
     numbers = []
     for path in segment_paths(ledger_folder(database)):
@@ -235,7 +235,7 @@ def test_a_killed_run_buys_again_only_what_was_in_flight(tmp_path):
     ledger (a line each, as they arrive); the ledger reads up to its last complete line; the
     restart stores what only the ledger had and sends only what was never answered (plus the
     few that were on the wire when the process died), and no reply is logged twice."""
-    from reflection_assets.engines.ledger import ledger_folder, read_segment, segment_paths
+    from reflection_assets.engines.store.ledger import ledger_folder, read_segment, segment_paths
 
     database = tmp_path / "db.duckdb"
     n, in_flight = 400, 8

@@ -10,7 +10,7 @@ import duckdb
 import pytest
 
 from reflection_assets.definitions import JOB_FOR_PARTITIONS, RECORD_PARTITIONS, defs
-from reflection_assets.engines.ifd import Pair, StudentScorer
+from reflection_assets.engines.selection.ifd import Pair, StudentScorer
 from reflection_assets.method.selection import fill, instruction_span, reverse_instruction
 from reflection_assets.runner import run_record_partitions
 from tests.conftest import REPO, write_json
@@ -156,7 +156,7 @@ def test_student_scores_and_selective_dataset(home, v2, tmp_path, capsys, monkey
     md = v2.get_latest_materialization_event(dg.AssetKey("student_scores")).asset_materialization.metadata
     assert {"distribution", "means", "statuses", "scored_now"} <= set(md)
     from reflection_assets.assets.resources import StorageResource
-    from reflection_assets.engines.lineage import recycling_summary
+    from reflection_assets.engines.data.lineage import recycling_summary
 
     [chosen] = recycling_summary(StorageResource().db(), "v2")  # what `reflection run` ends with (no recycled_dataset here)
     both = sum(k == "both" for k in kept.values())
@@ -192,7 +192,7 @@ def test_student_scores_and_selective_dataset(home, v2, tmp_path, capsys, monkey
 
     # the selective adapter trains on the kept rows and names the model that selected them
     from reflection_assets.definitions import DATASETS
-    from reflection_assets.engines.models import model_identity
+    from reflection_assets.engines.models.loading import model_identity
     from reflection_assets.runner import run_dataset_partition
 
     [trained] = run_dataset_partition(

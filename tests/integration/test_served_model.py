@@ -13,7 +13,7 @@ from reflection_assets.definitions import defs
 from reflection_assets.engines.oracle.client import OracleClient
 from reflection_assets.engines.oracle.identity import ProbeError, local_details, probe
 from reflection_assets.engines.oracle.settings import settings_from_env
-from reflection_assets.engines.storage import Database
+from reflection_assets.engines.store.storage import Database
 from reflection_assets.method.served import ServedIdentity
 from reflection_assets.runner import observe as observe_all
 from tests.fakes.openai_server import FakeOpenAI

@@ -1,4 +1,4 @@
-"""The store's lock (engines/storage.py), between real processes: a read or write waits for
+"""The store's lock (engines/store/storage.py), between real processes: a read or write waits for
 another process's and then goes on; a wait that runs out names the holder; a writer in a
 loop lets a reader in; the threads of one process share its hold; a store written here
 opens read-only in another process (no DDL left in the write-ahead log)."""
@@ -10,8 +10,8 @@ import time
 import duckdb
 import pytest
 
-from reflection_assets.engines import storage
-from reflection_assets.engines.storage import Database, StorageError
+from reflection_assets.engines.store import storage
+from reflection_assets.engines.store.storage import Database, StorageError
 
 # They time processes side by side: nothing else may share the machine (make test runs them alone).
 pytestmark = pytest.mark.serial

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import duckdb
 
-from reflection_assets.engines.storage import Database
+from reflection_assets.engines.store.storage import Database
 
 SNAPSHOT = Path(__file__).resolve().parents[1] / "snapshots" / "store_827a3e5.duckdb.gz"
 BIN = os.path.dirname(sys.executable)

@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from reflection_assets.engines.decoding import greedy_decode  # noqa: E402
+from reflection_assets.engines.models.decoding import greedy_decode  # noqa: E402
 
 PAD = 0
 
@@ -108,7 +108,7 @@ def test_every_row_ending_at_once_and_a_limit_of_one(model):
 def test_a_shared_beginning_computed_once_gives_the_same_tokens(model):
     """Prompts that begin alike (a system prompt, then each record) share one computation of
     that beginning; the rows then see what they would alone."""
-    from reflection_assets.engines.decoding import _prefill, _shared_length
+    from reflection_assets.engines.models.decoding import _prefill, _shared_length
 
     lengths = [9, 3, 15, 1, 6]
     ids, mask = batch(lengths, seed=5)

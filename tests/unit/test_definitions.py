@@ -109,7 +109,7 @@ def test_definitions_validate():
 
 
 def test_only_the_steps_that_run_a_model_are_in_a_pool():
-    """The store is held per read or write (engines/storage.py), not per step: no `duckdb`
+    """The store is held per read or write (engines/store/storage.py), not per step: no `duckdb`
     pool. Training, answering, scoring, and the embedded oracle take the `gpu` pool."""
     pools = {key: node["pool"] for key, node in describe_graph().items()}
     model_steps = {"baseline_adapter", "recycled_adapter", "selective_adapter", "student_scores", "benchmark_scores"}

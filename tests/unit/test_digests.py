@@ -2,10 +2,10 @@
 cached oracle reply unreachable (paid again), a changed adapter id would retrain adapters.
 The values below were computed before the digests were gathered in method/digests.py."""
 
-from reflection_assets.engines.adapters import adapter_id_for
-from reflection_assets.engines.answers import GenerationSettings, Model, _loss_key
-from reflection_assets.engines.student import TrainConfig
-from reflection_assets.engines.testsets import TestPrompt
+from reflection_assets.engines.student.adapters import adapter_id_for
+from reflection_assets.engines.benchmark.answers import GenerationSettings, Model, _loss_key
+from reflection_assets.engines.student.training import TrainConfig
+from reflection_assets.engines.benchmark.testsets import TestPrompt
 from reflection_assets.method.records import record_id, reject_shard
 from reflection_assets.method.requests import OracleRequest, SamplingSettings
 

@@ -2,6 +2,7 @@
 under docs/, each of its links leads somewhere, and `mkdocs build --strict` passes (a broken
 link or anchor, or a page missing from the nav, fails it)."""
 
+import ast
 import os
 import re
 import subprocess
@@ -36,3 +37,50 @@ def test_mkdocs_builds_strict(tmp_path):
     for page in (REPO / "docs").glob("*.md"):
         expected = "index.html" if page.stem == "index" else f"{page.stem}/index.html"
         assert expected in built, page.name
+
+
+TREE_START = "<!-- tree: "
+TREE_END = "<!-- end tree -->"
+
+
+def _first_sentence(path: Path) -> str:
+    doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+    paragraph = " ".join(doc.split("\n\n")[0].split())
+    match = re.match(r"(.+?[.?!])(\s|$)", paragraph)
+    return (match.group(1) if match else paragraph).rstrip(".")
+
+
+def package_tree() -> list[str]:
+    """The package's folders and modules, each with its docstring's first sentence."""
+    root = REPO / "reflection_assets"
+    lines = []
+
+    def walk(folder: Path, depth: int) -> None:
+        for path in sorted(folder.iterdir()):
+            if path.name.startswith(("_", ".")) or path.name == "__pycache__":
+                continue
+            indent = "  " * depth
+            if path.is_dir() and (path / "__init__.py").exists():
+                summary = _first_sentence(path / "__init__.py")
+                lines.append(f"{indent}- `{path.name}/`" + (f" — {summary}" if summary else ""))
+                walk(path, depth + 1)
+            elif path.suffix == ".py":
+                lines.append(f"{indent}- `{path.name}` — {_first_sentence(path)}")
+
+    walk(root, 0)
+    return lines
+
+
+def test_the_layout_page_is_drawn_from_the_tree():
+    page = REPO / "docs" / "layout.md"
+    text = page.read_text()
+    head, rest = text.split(TREE_START, 1)
+    marker, rest = rest.split("\n", 1)
+    _, tail = rest.split(TREE_END, 1)
+    wanted = head + TREE_START + marker + "\n" + "\n".join(package_tree()) + "\n" + TREE_END + tail
+    if os.environ.get("UPDATE_SNAPSHOTS"):
+        page.write_text(wanted)
+    assert text == wanted, "docs/layout.md's tree differs from the package: UPDATE_SNAPSHOTS=1 after a change"
+    for module in (REPO / "reflection_assets").rglob("*.py"):
+        if module.name != "__init__.py" and "__pycache__" not in module.parts:
+            assert f"`{module.name}`" in text, module

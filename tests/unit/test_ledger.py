@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from reflection_assets.engines import ledger as ledger_module
-from reflection_assets.engines.ledger import Ledger, read_ledger, read_segment, seal, segment_paths
-from reflection_assets.engines.storage import Database, DamagedStore
+from reflection_assets.engines.store import ledger as ledger_module
+from reflection_assets.engines.store.ledger import Ledger, read_ledger, read_segment, seal, segment_paths
+from reflection_assets.engines.store.storage import Database, DamagedStore
 
 
 def test_put_delete_and_the_order_of_writes(tmp_path):
@@ -86,7 +86,7 @@ def test_a_killed_writer_leaves_every_line_it_wrote(tmp_path):
     script = (
         "import os, sys\n"
         "from pathlib import Path\n"
-        "from reflection_assets.engines.ledger import Ledger\n"
+        "from reflection_assets.engines.store.ledger import Ledger\n"
         f"ledger = Ledger(Path({str(folder)!r}))\n"
         "for i in range(200):\n"
         "    ledger.reply({'request_key': str(i)})\n"

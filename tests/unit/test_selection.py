@@ -111,7 +111,7 @@ def test_ratios_are_perplexity_ratios():
 def test_the_selection_page_lists_every_student_setting_with_its_default():
     from pathlib import Path
 
-    from reflection_assets.engines.ifd import STUDENT_PREFIX, StudentSettings
+    from reflection_assets.engines.selection.ifd import STUDENT_PREFIX, StudentSettings
     from reflection_assets.engines.oracle.settings import env_settings
 
     page = (Path(__file__).resolve().parents[2] / "docs" / "selection.md").read_text()

@@ -12,7 +12,7 @@ import yaml
 from reflection_assets.assets.adapters import MAIN_JOB_MAX_STEPS, AdapterConfig
 from reflection_assets.assets.resources import JudgeResource, OracleResource, StorageResource
 from reflection_assets.engines.oracle.settings import env_settings
-from reflection_assets.engines.student import TrainConfig
+from reflection_assets.engines.student.training import TrainConfig
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 ORACLE_PAGE = (DOCS / "oracle.md").read_text()
@@ -91,8 +91,8 @@ def test_resources_name_the_variables_they_come_from():
 
 
 def test_the_answers_backend_is_read_from_the_environment_and_checked():
-    from reflection_assets.engines.answers import BenchmarkError, Model
-    from reflection_assets.engines.served_answers import AnswersBackend
+    from reflection_assets.engines.benchmark.answers import BenchmarkError, Model
+    from reflection_assets.engines.benchmark.served_answers import AnswersBackend
 
     assert AnswersBackend.from_env({}) == AnswersBackend() and not AnswersBackend().served
     assert AnswersBackend().key_part() == {}  # local answers keep the keys they always had

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from reflection_assets.engines.sources import (
+from reflection_assets.engines.data.sources import (
     SourceError,
     detect_format,
     fingerprint_source,

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from reflection_assets.engines.storage import Database
-from reflection_assets.engines.testsets import (
+from reflection_assets.engines.store.storage import Database
+from reflection_assets.engines.benchmark.testsets import (
     BUNDLED_TESTSET,
     TestPrompt,
     TestsetError,

@@ -148,7 +148,7 @@ class LocalBackend:
     strings end a reply (and are cut from it); a YES_SCORE constraint makes the reply one
     whole number from 1 to 10, from how likely the model is to answer Yes rather than No."""
 
-    # Greedy replies come from engines/decoding.py (each leaves the batch when it ends, a
+    # Greedy replies come from engines/models/decoding.py (each leaves the batch when it ends, a
     # beginning the batch shares is computed once). False: from `generate`, as sampled
     # replies are; benchmarks/local_batch.py times both ways side by side.
     pruned_decoding = True
@@ -223,7 +223,7 @@ class LocalBackend:
 
     def _ensure_model(self) -> None:
         if self._model is None:
-            from reflection_assets.engines.models import shared_causal_lm
+            from reflection_assets.engines.models.loading import shared_causal_lm
             from reflection_assets.engines.oracle.settings import resolve_dtype
 
             self._model, self._tokenizer = shared_causal_lm(
@@ -258,7 +258,7 @@ class LocalBackend:
             decoded = self._generated(encoded, first)
         else:
             # The tokens `generate` would give, without computing finished rows' padding.
-            from reflection_assets.engines.decoding import greedy_decode
+            from reflection_assets.engines.models.decoding import greedy_decode
 
             def stopped(tokens: list[int]) -> bool:
                 text = tokenizer.decode(tokens[-64:], skip_special_tokens=True)

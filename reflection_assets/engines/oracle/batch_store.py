@@ -14,8 +14,8 @@ from datetime import datetime
 
 import polars as pl
 
-from reflection_assets.engines.ledger import logged
-from reflection_assets.engines.storage import Database
+from reflection_assets.engines.store.ledger import logged
+from reflection_assets.engines.store.storage import Database
 from reflection_assets.method.requests import OracleRequest
 
 LIVE = ("preparing", "validating", "in_progress", "finalizing", "cancelling")

@@ -2,7 +2,7 @@
 
 Replies are buffered and written in short transactions at least every flush interval, from
 a thread of their own, so the network never waits on the database. Each paid reply is also
-appended to the store's ledger the moment it arrives (engines/ledger.py) and fsynced there
+appended to the store's ledger the moment it arrives (engines/store/ledger.py) and fsynced there
 before its flush, so a killed process loses none (the next client stores the replies an
 orphaned segment holds) and a damaged store loses none (`reflection rebuild`). A reply
 reaches the caller only after it is in the database: parsing always comes after storing."""
@@ -18,10 +18,10 @@ from datetime import datetime
 
 import polars as pl
 
-from reflection_assets.engines.ledger import finish_orphan, logged, orphans
+from reflection_assets.engines.store.ledger import finish_orphan, logged, orphans
 from reflection_assets.engines.oracle.journal import discard, journal_folder, orphaned_rows
 from reflection_assets.engines.oracle.replies import OracleReply
-from reflection_assets.engines.storage import Database
+from reflection_assets.engines.store.storage import Database
 from reflection_assets.method.requests import OracleRequest
 from reflection_assets.method.served import ServedIdentity
 

@@ -26,7 +26,7 @@ from reflection_assets.engines.oracle.limits import AdaptiveConcurrency, TokenBu
 from reflection_assets.engines.oracle.pricing import cost_usd, price_for
 from reflection_assets.engines.oracle.replies import BackendError, BackendReply, ErrorKind, OracleReply
 from reflection_assets.engines.oracle.settings import OracleSettings
-from reflection_assets.engines.storage import Database
+from reflection_assets.engines.store.storage import Database
 from reflection_assets.method.requests import Message, OracleRequest
 from reflection_assets.method.served import ServedIdentity
 

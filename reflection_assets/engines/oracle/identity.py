@@ -160,7 +160,7 @@ def file_sha256(path: Path) -> str:
 def local_details(model: str) -> tuple[tuple[str, str], ...]:
     """What names the weights of a local model: the embedded model's file hash; a folder's
     config and weight files (model_identity); a cached Hugging Face model's revision."""
-    from reflection_assets.engines.models import EMBEDDED_NAME, embedded_gguf, model_identity
+    from reflection_assets.engines.models.loading import EMBEDDED_NAME, embedded_gguf, model_identity
 
     if model in (EMBEDDED_NAME, "embedded"):
         return (("model_file_sha256", file_sha256(embedded_gguf())[:16]),)

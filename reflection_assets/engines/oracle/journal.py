@@ -1,4 +1,4 @@
-"""The reply journals of the versions before the ledger (engines/ledger.py), which took
+"""The reply journals of the versions before the ledger (engines/store/ledger.py), which took
 over their role: one JSON array per reply, in oracle.replies' column order, in
 `<database>.journal/`. A journal left by a killed process of such a version is still
 replayed (into the database and the ledger) by the next oracle client, then removed. A

@@ -1,5 +1,5 @@
 """The student: its training settings and the masked examples made from pairs (the
-trainer itself is engines/trainer.py, run in a process of its own). No Dagster here."""
+trainer itself is engines/student/trainer.py, run in a process of its own). No Dagster here."""
 
 from __future__ import annotations
 

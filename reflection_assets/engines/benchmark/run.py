@@ -1,6 +1,6 @@
 """Benchmarking a dataset's adapters: each model answers every test prompt and is scored on
-held-out answers (engines/answers.py), the judge compares the recycled adapter with the
-baseline in both orders (engines/judge.py), outcomes and winning scores are tallied and
+held-out answers (engines/benchmark/answers.py), the judge compares the recycled adapter with the
+baseline in both orders (engines/benchmark/judge.py), outcomes and winning scores are tallied and
 stored, and the latest run is reported.
 
 Re-scoring never regenerates an answer or re-asks the judge: a fully cached run loads no
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import polars as pl
 
-from reflection_assets.engines.answers import (
+from reflection_assets.engines.benchmark.answers import (
     BenchmarkError,
     GenerationSettings,
     LoadedModel,
@@ -26,11 +26,11 @@ from reflection_assets.engines.answers import (
     heldout_references,
     models_for,
 )
-from reflection_assets.engines.judge import REFERENCE, judge_all
-from reflection_assets.engines.served_answers import AnswersBackend
+from reflection_assets.engines.benchmark.judge import REFERENCE, judge_all
+from reflection_assets.engines.benchmark.served_answers import AnswersBackend
 from reflection_assets.engines.oracle.client import OracleClient
-from reflection_assets.engines.storage import Database
-from reflection_assets.engines.testsets import TestPrompt
+from reflection_assets.engines.store.storage import Database
+from reflection_assets.engines.benchmark.testsets import TestPrompt
 from reflection_assets.method.digests import json_digest
 from reflection_assets.method.judging import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, Tally, bootstrap_intervals, sign_test
 from reflection_assets.method.profiles import judge_version

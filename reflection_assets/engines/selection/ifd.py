@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reflection_assets.engines.oracle.settings import DTYPES, setting
-from reflection_assets.engines.student import TrainConfig
+from reflection_assets.engines.student.training import TrainConfig
 from reflection_assets.errors import UserError
 from reflection_assets.method.digests import json_digest
 from reflection_assets.method.selection import (
@@ -123,7 +123,7 @@ class StudentScorer:
     def settings_key(self) -> dict[str, object]:
         """What changes a score besides the text: the cache key and the fingerprint."""
         if self._settings_key is None:
-            from reflection_assets.engines.models import model_identity
+            from reflection_assets.engines.models.loading import model_identity
 
             self._settings_key = {
                 "model": model_identity(self.model_name, self.artifacts),
@@ -141,7 +141,7 @@ class StudentScorer:
 
     def tokenizer(self):
         if self._tokenizer is None:
-            from reflection_assets.engines.models import shared_tokenizer
+            from reflection_assets.engines.models.loading import shared_tokenizer
 
             tokenizer = shared_tokenizer(self.model_name, self.artifacts)
             if self.template == "chat" and not getattr(tokenizer, "chat_template", None):
@@ -210,7 +210,7 @@ class StudentScorer:
         if self._model is None:
             import torch
 
-            from reflection_assets.engines.models import shared_causal_lm
+            from reflection_assets.engines.models.loading import shared_causal_lm
 
             # float32 weights; bfloat16 runs as autocast, so the residual stream, norms and
             # the loss stay in float32 (pure bfloat16 weights moved IFD by up to 10%). Loaded

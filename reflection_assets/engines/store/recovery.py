@@ -1,5 +1,5 @@
 """`reflection doctor` and `reflection rebuild`: check the store, and make a new one from
-its ledger (engines/ledger.py) when the file is damaged or gone.
+its ledger (engines/store/ledger.py) when the file is damaged or gone.
 
 The doctor reads every row of every table (DuckDB verifies each block's checksum as it
 reads it), and the ledger's every segment. A rebuild moves the damaged file aside (never
@@ -19,8 +19,8 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from reflection_assets.engines.ledger import TABLES, LedgerState, is_live, ledger_folder, read_ledger, segment_paths
-from reflection_assets.engines.storage import Database, DamagedStore, StorageError, store_lock
+from reflection_assets.engines.store.ledger import TABLES, LedgerState, is_live, ledger_folder, read_ledger, segment_paths
+from reflection_assets.engines.store.storage import Database, DamagedStore, StorageError, store_lock
 
 # What a rebuild leaves to be computed again, and how: none of it is paid.
 RECOMPUTED = (

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import polars as pl
 
-from reflection_assets.engines.adapters import VARIANT_SOURCES, held_out
-from reflection_assets.engines.decoding import greedy_decode
-from reflection_assets.engines.storage import Database
-from reflection_assets.engines.testsets import TestPrompt
+from reflection_assets.engines.student.adapters import VARIANT_SOURCES, held_out
+from reflection_assets.engines.models.decoding import greedy_decode
+from reflection_assets.engines.store.storage import Database
+from reflection_assets.engines.benchmark.testsets import TestPrompt
 from reflection_assets.errors import UserError
 from reflection_assets.method.digests import json_digest
 
@@ -104,8 +104,8 @@ class LoadedModel:
 
     def tokenizer(self):
         if self._tokenizer is None:
-            from reflection_assets.engines.models import load_tokenizer
-            from reflection_assets.engines.student import resolve_template
+            from reflection_assets.engines.models.loading import load_tokenizer
+            from reflection_assets.engines.student.training import resolve_template
 
             self._tokenizer = load_tokenizer(self.model.base_model, self.artifacts)
             self._tokenizer.padding_side = "left"
@@ -114,7 +114,7 @@ class LoadedModel:
 
     def lm(self):
         if self._lm is None:
-            from reflection_assets.engines.models import load_causal_lm
+            from reflection_assets.engines.models.loading import load_causal_lm
 
             self.tokenizer()
             path = self.model.adapter_path
@@ -149,7 +149,7 @@ class LoadedModel:
         lm.to(getattr(torch, dtype))
         encoded = tokenizer([self.prompt(t) for t in texts], return_tensors="pt", padding=True, add_special_tokens=False)
         encoded = {k: v.to(lm.device) for k, v in encoded.items()}
-        # Each answer leaves the batch when it ends (engines/decoding.py): generate's greedy
+        # Each answer leaves the batch when it ends (engines/models/decoding.py): generate's greedy
         # tokens without computing the finished answers' padding.
         decoded = greedy_decode(lm, encoded["input_ids"], encoded["attention_mask"], settings.max_new_tokens, tokenizer.eos_token_id)
         answers = []
@@ -168,7 +168,7 @@ def answer_all(
     backend=None,
 ) -> tuple[dict[str, str], int]:
     """{prompt_hash: answer} for every prompt, generating only what is not stored yet:
-    with transformers here, or asked of a server (`backend`, engines/served_answers.py)."""
+    with transformers here, or asked of a server (`backend`, engines/benchmark/served_answers.py)."""
     if backend is not None and backend.served:
         generation_key = settings.key("chat", "served", backend.key_part())
     else:
@@ -187,7 +187,7 @@ def answer_all(
         log(f"{loaded.model.name}: generating {len(missing)} answers ({len(unique) - len(missing)} stored)")
     served = backend is not None and backend.served
     if served:  # the server batches by itself: every request at once, as many in flight as allowed
-        from reflection_assets.engines.served_answers import served_answers
+        from reflection_assets.engines.benchmark.served_answers import served_answers
 
         step = max(1, len(missing))
     else:
@@ -254,7 +254,7 @@ def heldout_loss(
     max_length: int,
     precision: str,
 ) -> list[dict[str, object]]:
-    from reflection_assets.engines.student import build_examples, mean_loss
+    from reflection_assets.engines.student.training import build_examples, mean_loss
 
     results = []
     for reference, rows in references.items():

@@ -8,10 +8,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from reflection_assets.engines.datasets import NAME_PATTERN
-from reflection_assets.engines.ledger import logged
-from reflection_assets.engines.sources import BUNDLED_PREFIX, SourceError, read_json_rows, resolve_source
-from reflection_assets.engines.storage import Database
+from reflection_assets.engines.data.datasets import NAME_PATTERN
+from reflection_assets.engines.store.ledger import logged
+from reflection_assets.engines.data.sources import BUNDLED_PREFIX, SourceError, read_json_rows, resolve_source
+from reflection_assets.engines.store.storage import Database
 from reflection_assets.errors import UserError
 from reflection_assets.method.digests import text_digest
 from reflection_assets.method.layouts import user_turn

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from reflection_assets.engines.reflection import PhaseResult
-from reflection_assets.engines.shards import mark_written, require_upstream
-from reflection_assets.engines.storage import Database
+from reflection_assets.engines.reflection.phases import PhaseResult
+from reflection_assets.engines.data.shards import mark_written, require_upstream
+from reflection_assets.engines.store.storage import Database
 from reflection_assets.method.records import Record
 from reflection_assets.errors import UserError
 from reflection_assets.method.prompts import BETTER_ANSWER, NEW_ANSWER, NEW_INSTRUCTION

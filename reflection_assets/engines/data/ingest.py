@@ -8,15 +8,15 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from reflection_assets.engines.datasets import DatasetSpec
-from reflection_assets.engines.sources import (
+from reflection_assets.engines.data.datasets import DatasetSpec
+from reflection_assets.engines.data.sources import (
     SourceError,
     detect_format,
     fingerprint_source,
     read_source,
     resolve_source,
 )
-from reflection_assets.engines.storage import Database
+from reflection_assets.engines.store.storage import Database
 from reflection_assets.method.digests import json_digest
 from reflection_assets.method.records import (
     NORMALIZATION_VERSION,

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from reflection_assets.engines.oracle.client import OracleClient
-from reflection_assets.engines.testsets import TestPrompt
+from reflection_assets.engines.benchmark.testsets import TestPrompt
 from reflection_assets.method.judging import UNPARSED, order_verdict, outcome, parse_scores
 from reflection_assets.method.profiles import JudgeProtocol, profile
 

@@ -31,8 +31,8 @@ from reflection_assets.engines.oracle.client import DeferringClient, OracleClien
 from reflection_assets.engines.oracle.pricing import price_for
 from reflection_assets.engines.oracle.replies import OracleReply
 from reflection_assets.engines.oracle.settings import OracleSettings
-from reflection_assets.engines.reflection import PhaseResult, reflect_instructions, reflect_responses
-from reflection_assets.engines.storage import Database
+from reflection_assets.engines.reflection.phases import PhaseResult, reflect_instructions, reflect_responses
+from reflection_assets.engines.store.storage import Database
 from reflection_assets.errors import UserError
 from reflection_assets.method.profiles import profile
 from reflection_assets.method.prompts import NEW_ANSWER, NEW_INSTRUCTION
@@ -120,7 +120,7 @@ def _offline_tokenizer(settings: OracleSettings, artifacts):
     serves such names); None otherwise. Never downloads."""
     try:
         if settings.kind.in_process:
-            from reflection_assets.engines.models import load_tokenizer
+            from reflection_assets.engines.models.loading import load_tokenizer
 
             tokenizer = load_tokenizer(settings.model, artifacts)
         else:
@@ -529,9 +529,9 @@ def observe_judge(make_observer: Callable[[], _Observer], db: Database, dataset:
     they carry some), both orders. Answers already generated are used as they are;
     the others stand in at the mean length of the answers stored so far (else at the length
     limit, 4 characters a token), each distinct, so that nothing is taken as cached."""
-    from reflection_assets.engines.answers import Model
-    from reflection_assets.engines.benchmark import REFERENCE, comparisons_for
-    from reflection_assets.engines.judge import judge_all
+    from reflection_assets.engines.benchmark.answers import Model
+    from reflection_assets.engines.benchmark.run import REFERENCE, comparisons_for
+    from reflection_assets.engines.benchmark.judge import judge_all
 
     names = ["baseline", "recycled", "selective"] + (["base"] if plan.compare_base else [])
     prompts = {p.prompt_hash: p for ps in plan.testsets.values() for p in ps}

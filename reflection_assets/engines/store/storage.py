@@ -27,7 +27,7 @@ from pathlib import Path
 
 import duckdb
 
-from reflection_assets.engines.ledger import Ledger, ledger_for, ledger_folder, segment_paths
+from reflection_assets.engines.store.ledger import Ledger, ledger_for, ledger_folder, segment_paths
 from reflection_assets.errors import UserError
 
 SQL_PACKAGE = "reflection_assets"  # its sql/ folder is package data: any install has it
@@ -210,7 +210,7 @@ class Database:
         self.restoring = False  # set by `reflection rebuild`: a new store beside a full ledger
 
     def ledger(self) -> Ledger:
-        """Where this store's paid work is also kept (engines/ledger.py)."""
+        """Where this store's paid work is also kept (engines/store/ledger.py)."""
         return ledger_for(self.path)
 
     def _open(self, read_only: bool) -> tuple[duckdb.DuckDBPyConnection, float]:

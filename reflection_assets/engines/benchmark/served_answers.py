@@ -5,7 +5,7 @@ adapters --serve-args` prints). The requests go through the oracle client, so th
 cached (a re-run asks nothing), sent concurrently, retried, counted and priced like every
 other call; decoding is greedy with the local backend's `max_new_tokens`.
 
-REFLECTION_ANSWERS_BACKEND      local (greedy decoding in the step, engines/decoding.py; the default) or openai
+REFLECTION_ANSWERS_BACKEND      local (greedy decoding in the step, engines/models/decoding.py; the default) or openai
 REFLECTION_ANSWERS_BASE_URL     the server's /v1 URL (openai)
 REFLECTION_ANSWERS_API_KEY      its key, if it wants one (never stored or logged)
 REFLECTION_ANSWERS_MODEL        the base model's name at the server (compare_base)
@@ -19,9 +19,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reflection_assets.engines.answers import BenchmarkError, GenerationSettings, Log, Model
+from reflection_assets.engines.benchmark.answers import BenchmarkError, GenerationSettings, Log, Model
 from reflection_assets.engines.oracle.kinds import BACKENDS, kind_of
-from reflection_assets.engines.storage import Database
+from reflection_assets.engines.store.storage import Database
 
 PREFIX = "REFLECTION_ANSWERS_"
 # Part of every answer request's key: a change of how answers are asked is a new request.

@@ -13,7 +13,7 @@ side and the training side must both see:
     error.txt            the message of a training that cannot start, for the launching side
 
 Why `Trainer` and not TRL's `SFTTrainer`: the examples are the ones this package has always
-built (its templates, its masking of the prompt, its truncation counts: engines/student.py),
+built (its templates, its masking of the prompt, its truncation counts: engines/student/training.py),
 so the trainer only has to consume them; SFTTrainer would tokenize and mask the rows again
 its own way, and it is one more large dependency. Trainer brings what the loop written here
 lacked: torchrun/accelerate (DDP, FSDP, DeepSpeed), mixed precision, activation
@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from reflection_assets.engines.student import (
+from reflection_assets.engines.student.training import (
     Example,
     TrainConfig,
     TrainingError,
@@ -148,7 +148,7 @@ def _precision(config: TrainConfig) -> str:
 
 
 def _load_model(config: TrainConfig, artifacts: str, precision: str, checkpointing: bool, threads: int):
-    from reflection_assets.engines.models import load_causal_lm
+    from reflection_assets.engines.models.loading import load_causal_lm
 
     if config.method == "full":
         # The weights the optimizer updates stay in float32; bfloat16 is the autocast's.
@@ -230,7 +230,7 @@ def run_training(
     rows = read_rows(staging / ROWS)
     if not rows:
         raise TrainingError("the training set is empty: nothing to train on")
-    from reflection_assets.engines.models import load_tokenizer
+    from reflection_assets.engines.models.loading import load_tokenizer
 
     # The data is checked with the tokenizer before the model is loaded: bad input fails fast.
     tokenizer = load_tokenizer(config.base_model, spec.artifacts)

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import polars as pl
 
-from reflection_assets.engines import trainer
-from reflection_assets.engines.ledger import logged
-from reflection_assets.engines.storage import Database
-from reflection_assets.engines.student import TrainConfig, TrainingError, check_config
+from reflection_assets.engines.student import trainer
+from reflection_assets.engines.store.ledger import logged
+from reflection_assets.engines.store.storage import Database
+from reflection_assets.engines.student.training import TrainConfig, TrainingError, check_config
 from reflection_assets.method.digests import json_digest
 
 # Runs the training command with these extra environment variables; raises when it fails.

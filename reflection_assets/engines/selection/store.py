@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
-from reflection_assets.engines.ifd import Pair, PairScore, StudentScorer
-from reflection_assets.engines.shards import mark_written, require_upstream
-from reflection_assets.engines.storage import Database
+from reflection_assets.engines.selection.ifd import Pair, PairScore, StudentScorer
+from reflection_assets.engines.data.shards import mark_written, require_upstream
+from reflection_assets.engines.store.storage import Database
 from reflection_assets.errors import UserError
 from reflection_assets.method.selection import OK, VARIANTS, Perplexities, VariantScore, decide, top_share
 

@@ -6,15 +6,15 @@ import json
 import re
 from dataclasses import dataclass, field
 
-from reflection_assets.engines.ledger import logged
-from reflection_assets.engines.sources import (
+from reflection_assets.engines.store.ledger import logged
+from reflection_assets.engines.data.sources import (
     BUNDLED_PREFIX,
     FORMATS,
     SourceError,
     detect_format,
     resolve_source,
 )
-from reflection_assets.engines.storage import Database
+from reflection_assets.engines.store.storage import Database
 from reflection_assets.errors import UserError
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from reflection_assets.engines.storage import Database
+from reflection_assets.engines.store.storage import Database
 from reflection_assets.errors import UserError
 
 

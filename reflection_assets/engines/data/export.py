@@ -13,8 +13,8 @@ from pathlib import Path
 
 import polars as pl
 
-from reflection_assets.engines.shards import written_shards
-from reflection_assets.engines.storage import Database
+from reflection_assets.engines.data.shards import written_shards
+from reflection_assets.engines.store.storage import Database
 from reflection_assets.method.layouts import user_turn
 from reflection_assets.errors import UserError
 

@@ -20,9 +20,9 @@ from reflection_assets.engines.oracle.cache import OracleCache
 from reflection_assets.engines.oracle.client import DeferringClient, OracleClient
 from reflection_assets.engines.oracle.pricing import cost_usd, price_for
 from reflection_assets.engines.oracle.replies import ErrorKind, OracleReply
-from reflection_assets.engines.reflection import reflect_instructions, reflect_responses
-from reflection_assets.engines.reflection_store import raw_pairs, response_variants
-from reflection_assets.engines.storage import Database
+from reflection_assets.engines.reflection.phases import reflect_instructions, reflect_responses
+from reflection_assets.engines.reflection.store import raw_pairs, response_variants
+from reflection_assets.engines.store.storage import Database
 from reflection_assets.errors import UserError
 from reflection_assets.method.requests import OracleRequest
 

@@ -1,0 +1,1 @@
+"""The benchmark: test sets, answers, judging and the benchmark run."""

@@ -1,0 +1,1 @@
+"""Datasets: sources, ingestion, the registry, shards, export and lineage."""

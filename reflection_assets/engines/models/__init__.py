@@ -1,0 +1,1 @@
+"""Causal language models: loading (the embedded model converted once, any local folder or cached Hugging Face id) and the greedy decoder, shared by the local oracle, the student and the benchmark."""

@@ -1,0 +1,1 @@
+"""The reflection phases and their tables."""

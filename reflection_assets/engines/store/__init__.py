@@ -1,0 +1,1 @@
+"""The DuckDB store: its lock, the ledger of paid work, and recovery."""

@@ -1,0 +1,1 @@
+"""The student: model loading, decoding, LoRA training and the adapter registry."""
