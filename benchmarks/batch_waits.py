@@ -57,7 +57,7 @@ def main() -> None:
             from reflection_assets.cli import main as cli
             from reflection_assets.dagster_instance import ensure_instance
             from reflection_assets.definitions import JOB_FOR_PARTITIONS, RECORD_PARTITIONS, defs
-            from reflection_assets.runner import run_record_partitions
+            from reflection_assets.headless.runner import run_record_partitions
 
             source = write_json(Path(folder) / "b.json", alpaca_rows(args.records))
             assert cli(["datasets", "add", "b", str(source)]) == 0

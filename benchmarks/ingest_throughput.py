@@ -44,7 +44,7 @@ def main() -> int:
     from reflection_assets.definitions import defs
     from reflection_assets.engines.data.ingest import stage_version
     from reflection_assets.dagster_instance import ensure_instance
-    from reflection_assets.runner import run_record_partitions, sync_dataset_partitions
+    from reflection_assets.headless.runner import run_record_partitions, sync_dataset_partitions
     from reflection_assets.assets.resources import StorageResource
 
     try:

@@ -10,7 +10,7 @@ from reflection_assets.engines.data.datasets import parse_field_map
 
 def cmd_datasets_add(args: argparse.Namespace) -> int:
     from reflection_assets.dagster_instance import ensure_instance
-    from reflection_assets.runner import sync_dataset_partitions
+    from reflection_assets.headless.runner import sync_dataset_partitions
 
     registry = storage_resource().registry()
     spec = registry.add(

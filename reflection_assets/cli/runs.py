@@ -18,7 +18,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from reflection_assets.definitions import DATASET_ASSETS, RECORD_ASSETS, defs
     from reflection_assets.engines.data.lineage import oracle_spend
     from reflection_assets.engines.data.shards import UPSTREAM, written_shards
-    from reflection_assets.status import asset_statuses, render, unobserved_changes
+    from reflection_assets.headless.status import asset_statuses, render, unobserved_changes
 
     by_shard = ("raw_dataset", *UPSTREAM)  # the stages that record the shards they wrote
 
@@ -45,7 +45,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         waiting = sum(r.requests - r.completed - r.failed for r in live)
         print(f"\n{len(live)} batch(es) in flight, {waiting:,} requests not answered yet (`reflection batch list`); "
               "the next materialization of their stages re-attaches to them")
-    from reflection_assets.run_workers import dead_runs
+    from reflection_assets.headless.run_workers import dead_runs
 
     dead = dead_runs(instance)
     if dead:
@@ -104,7 +104,7 @@ def _describe_run(run) -> str:
 
 def _recover(instance, quiet_when_nothing: bool) -> None:
     """Fail the runs whose process died and give back the pool slots of finished runs."""
-    from reflection_assets.run_workers import recover
+    from reflection_assets.headless.run_workers import recover
 
     recovery = recover(instance)
     for dead in recovery.failed:
@@ -119,7 +119,7 @@ def cmd_observe(args: argparse.Namespace) -> int:
     from reflection_assets.dagster_instance import ensure_instance
     from reflection_assets.definitions import defs
     from reflection_assets.method.served import ServedIdentity
-    from reflection_assets.runner import observe
+    from reflection_assets.headless.runner import observe
 
     failed = False
     for key, facts in sorted(observe(ensure_instance(), defs).items()):
@@ -223,7 +223,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from reflection_assets.assets.partitions import DATASETS, RECORD_PARTITIONS, SHARD_COUNT
     from reflection_assets.dagster_instance import ensure_instance
     from reflection_assets.definitions import JOB_FOR_PARTITIONS, defs
-    from reflection_assets.runner import (
+    from reflection_assets.headless.runner import (
         resolve_selection,
         run_dataset_partition,
         run_record_partitions,

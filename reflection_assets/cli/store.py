@@ -36,7 +36,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def cmd_rebuild(args: argparse.Namespace) -> int:
     from reflection_assets.dagster_instance import ensure_instance
     from reflection_assets.engines.store.recovery import RECOMPUTED, doctor, rebuild
-    from reflection_assets.runner import sync_dataset_partitions
+    from reflection_assets.headless.runner import sync_dataset_partitions
 
     db = storage_resource().db()
     if not args.force and doctor(db).healthy:

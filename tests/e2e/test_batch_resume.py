@@ -46,7 +46,7 @@ import sys
 import dagster as dg
 from reflection_assets.dagster_instance import ensure_instance
 from reflection_assets.definitions import JOB_FOR_PARTITIONS, RECORD_PARTITIONS, defs
-from reflection_assets.runner import run_record_partitions
+from reflection_assets.headless.runner import run_record_partitions
 [outcome] = run_record_partitions(ensure_instance(), defs, JOB_FOR_PARTITIONS[RECORD_PARTITIONS],
                                   [dg.AssetKey("reflected_instructions")], "b", ["00"], "INFO")
 print(outcome.error or "ok")

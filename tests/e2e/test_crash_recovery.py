@@ -173,7 +173,7 @@ def test_a_killed_daemon_run_worker_is_failed_and_blocks_nothing(tmp_path):
             run_id = launch_partition_run(port, "recycle_shards", ["reflected_instructions"], {"dataset": "h", "shard": "00"})
             wait_for(lambda: server.answered >= RECORDS // 3, 180, "a third of the replies")
             with dg.DagsterInstance.from_config(str(home)) as instance:
-                from reflection_assets.run_workers import worker_of
+                from reflection_assets.headless.run_workers import worker_of
 
                 worker = worker_of(instance, instance.get_run_by_id(run_id))
             assert worker.pid is not None and worker.host, worker

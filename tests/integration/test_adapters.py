@@ -151,7 +151,7 @@ def test_training_lowers_the_loss_and_the_adapter_reloads(shared_artifacts, tmp_
 def test_the_adapter_assets_through_dagster(home, instance, oracle, tmp_path, shared_artifacts, monkeypatch):  # noqa: F811
     from reflection_assets.definitions import JOB_FOR_PARTITIONS, defs
     from reflection_assets.assets.partitions import DATASETS
-    from reflection_assets.runner import run_dataset_partition
+    from reflection_assets.headless.runner import run_dataset_partition
     from tests.integration.test_reflection_assets import run
     from tests.integration.test_raw_dataset import register
     from tests.conftest import write_json

@@ -8,7 +8,7 @@ import pytest
 
 from reflection_assets.definitions import defs
 from reflection_assets.method.served import ServedIdentity, oracle_data_version
-from reflection_assets.status import asset_statuses
+from reflection_assets.headless.status import asset_statuses
 from tests.integration.test_reflection_assets import ALL, oracle, run, tagged  # noqa: F401 (fixtures)
 
 RECORD_STAGES = [k for k in ALL if k.to_user_string() != "raw_dataset"]
@@ -127,7 +127,7 @@ def test_downstream_follows_a_changed_oracle(tagged, oracle, shared_artifacts, m
     from the oracle), and never the baseline (raw data only)."""
     from reflection_assets.assets.partitions import DATASETS
     from reflection_assets.definitions import JOB_FOR_PARTITIONS
-    from reflection_assets.runner import run_dataset_partition
+    from reflection_assets.headless.runner import run_dataset_partition
 
     monkeypatch.setenv("REFLECTION_ARTIFACTS", str(shared_artifacts))
     tick = Ticks(tagged)

@@ -13,7 +13,7 @@ import pytest
 from reflection_assets.definitions import JOB_FOR_PARTITIONS, defs
 from reflection_assets.assets.partitions import DATASETS
 from reflection_assets.method.judging import Tally
-from reflection_assets.runner import run_dataset_partition
+from reflection_assets.headless.runner import run_dataset_partition
 from tests.conftest import write_json
 from tests.fakes.openai_server import FakeOpenAI
 from tests.integration.test_raw_dataset import register

@@ -10,7 +10,7 @@ import pytest
 
 from reflection_assets.cli import main
 from reflection_assets.definitions import JOB_FOR_PARTITIONS, RECORD_PARTITIONS, defs
-from reflection_assets.runner import run_record_partitions
+from reflection_assets.headless.runner import run_record_partitions
 from tests.conftest import write_json
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.reflection_oracle import plan, respond

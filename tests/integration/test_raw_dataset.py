@@ -8,7 +8,7 @@ import duckdb
 from reflection_assets.assets.partitions import SHARD_COUNT
 from reflection_assets.assets.resources import StorageResource
 from reflection_assets.definitions import JOB_FOR_PARTITIONS, RECORD_PARTITIONS, defs
-from reflection_assets.runner import run_record_partitions, sync_dataset_partitions
+from reflection_assets.headless.runner import run_record_partitions, sync_dataset_partitions
 from tests.conftest import alpaca_rows, write_json
 
 RAW = dg.AssetKey("raw_dataset")

@@ -8,7 +8,7 @@ import pytest
 from reflection_assets.definitions import JOB_FOR_PARTITIONS, RECORD_PARTITIONS, defs
 from reflection_assets.method import prompts
 from reflection_assets.method.profiles import PAPER_PROFILE
-from reflection_assets.runner import run_record_partitions
+from reflection_assets.headless.runner import run_record_partitions
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.reflection_oracle import plan, respond
 from tests.integration.test_raw_dataset import register

@@ -11,7 +11,7 @@ import time
 import dagster as dg
 
 from reflection_assets.dagster_private import WorkerStatus
-from reflection_assets.run_workers import (
+from reflection_assets.headless.run_workers import (
     HOST_TAG,
     PID_TAG,
     ReflectionRunLauncher,

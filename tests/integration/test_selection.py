@@ -12,7 +12,7 @@ import pytest
 from reflection_assets.definitions import JOB_FOR_PARTITIONS, RECORD_PARTITIONS, defs
 from reflection_assets.engines.selection.ifd import Pair, StudentScorer
 from reflection_assets.method.selection import fill, instruction_span, reverse_instruction
-from reflection_assets.runner import run_record_partitions
+from reflection_assets.headless.runner import run_record_partitions
 from tests.conftest import REPO, write_json
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.reflection_oracle import plan, respond
@@ -193,7 +193,7 @@ def test_student_scores_and_selective_dataset(home, v2, tmp_path, capsys, monkey
     # the selective adapter trains on the kept rows and names the model that selected them
     from reflection_assets.definitions import DATASETS
     from reflection_assets.engines.models.loading import model_identity
-    from reflection_assets.runner import run_dataset_partition
+    from reflection_assets.headless.runner import run_dataset_partition
 
     [trained] = run_dataset_partition(
         v2, defs, JOB_FOR_PARTITIONS[DATASETS], [dg.AssetKey("selective_adapter")], "v2", "WARNING",
@@ -205,8 +205,8 @@ def test_student_scores_and_selective_dataset(home, v2, tmp_path, capsys, monkey
     assert md["selected_by"].value == model_identity("SmolLM2-135M-Instruct", shared_artifacts)
 
     # a new template is a new student: once observed, every scored shard is stale
-    from reflection_assets.runner import observe
-    from reflection_assets.status import asset_statuses, unobserved_changes
+    from reflection_assets.headless.runner import observe
+    from reflection_assets.headless.status import asset_statuses, unobserved_changes
 
     monkeypatch.setenv("REFLECTION_STUDENT_TEMPLATE", "alpaca")
     statuses = asset_statuses(v2, defs, "v2", [dg.AssetKey("student_scores")])
@@ -236,7 +236,7 @@ def test_student_scores_asks_for_the_original_variant(home, v2):
 
 def test_a_selection_that_keeps_nothing_trains_no_adapter_and_does_not_block(home, instance, tmp_path):
     from reflection_assets.definitions import DATASETS
-    from reflection_assets.runner import run_dataset_partition
+    from reflection_assets.headless.runner import run_dataset_partition
 
     register(instance, "v2", write_json(tmp_path / "v2.json", ROWS))
     with duckdb.connect(str(home / "reflection.duckdb")) as con:

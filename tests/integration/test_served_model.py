@@ -15,7 +15,7 @@ from reflection_assets.engines.oracle.identity import ProbeError, local_details,
 from reflection_assets.engines.oracle.settings import settings_from_env
 from reflection_assets.engines.store.storage import Database
 from reflection_assets.method.served import ServedIdentity
-from reflection_assets.runner import observe as observe_all
+from reflection_assets.headless.runner import observe as observe_all
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.reflection_oracle import plan, respond
 from tests.integration.test_automation import RECORD_STAGES, Ticks, status

@@ -35,8 +35,8 @@ def test_method_is_pure_of_the_rest_of_the_package():
 def test_engines_never_import_the_dagster_layer():
     for path in modules(PACKAGE / "engines"):
         bad = {m for m in imports(path) if m.startswith(("reflection_assets.assets", "reflection_assets.cli",
-                                                          "reflection_assets.runner", "reflection_assets.definitions",
-                                                          "reflection_assets.status", "reflection_assets.run_workers"))}
+                                                          "reflection_assets.headless.runner", "reflection_assets.definitions",
+                                                          "reflection_assets.headless.status", "reflection_assets.headless.run_workers"))}
         assert not bad, f"{path.relative_to(PACKAGE)} imports {sorted(bad)}"
 
 

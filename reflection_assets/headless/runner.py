@@ -11,7 +11,7 @@ import dagster as dg
 
 from reflection_assets.assets.partitions import DATASETS, SHARDS, record_partition_key
 from reflection_assets.errors import UserError
-from reflection_assets.run_workers import launch_tags
+from reflection_assets.headless.run_workers import launch_tags
 
 OBSERVE_JOB = "observe_oracles"
 

@@ -1,0 +1,1 @@
+"""Running outside the UI, and what Dagster does not do for us there: materializing headless (what `reflection run` launches, in this process), the status report, and which process runs each run, with the recovery of runs whose process died."""
