@@ -28,9 +28,11 @@ from pathlib import Path
 import duckdb
 
 from reflection_assets.engines.store.ledger import Ledger, ledger_for, ledger_folder, segment_paths
+from reflection_assets.engines.store.queries import queries
 from reflection_assets.errors import UserError
 
 SQL_PACKAGE = "reflection_assets"  # its sql/ folder is package data: any install has it
+SQL = queries("store_storage")
 
 _schema_applied: set[str] = set()
 _schema_lock = threading.Lock()
@@ -243,7 +245,7 @@ class Database:
             files = [(file.name, file.read_text()) for file in sql_files()]
             digest = hashlib.sha256("\0".join(f"{name}\0{text}" for name, text in files).encode()).hexdigest()
             try:
-                current = con.execute("SELECT max(sql_sha256) FROM registry.schema_applied").fetchone()[0]
+                current = con.execute(SQL.schema_digest).fetchone()[0]
             except duckdb.CatalogException:  # a new store, or one made before this table
                 current = None
             if current != digest:
@@ -254,12 +256,12 @@ class Database:
                         if is_damage(exc):
                             raise
                         raise StorageError(f"{name} (the package's sql/): failed to apply ({exc})") from None
-                con.execute("DELETE FROM registry.schema_applied")
-                con.execute("INSERT INTO registry.schema_applied (sql_sha256) VALUES (?)", [digest])
+                con.execute(SQL.forget_schema_digest)
+                con.execute(SQL.record_schema_digest, [digest])
                 # DuckDB 1.5 cannot replay an ALTER TABLE from the WAL in a read-only open
                 # ("Calling DatabaseManager::GetDefaultDatabase with no default database
                 # set"), and closing no longer checkpoints (see connect): checkpoint now.
-                con.execute("CHECKPOINT")
+                con.execute(SQL.checkpoint)
             _schema_applied.add(key)
 
     def forget_schema(self) -> None:
@@ -300,13 +302,13 @@ class Database:
                     # rewrites the primary-key indexes (1.5 s on a 0.8 GB store), which would
                     # sit on every write; the last close of a hold checkpoints when the WAL
                     # has grown to cost more to replay than that (_checkpoint_due).
-                    con.execute("PRAGMA disable_checkpoint_on_shutdown")
+                    con.execute(SQL.no_checkpoint_on_close)
                     self._ensure_schema(con)
                 yield con
                 if not read_only and lock.last() and self._checkpoint_due(lock):
                     started = time.perf_counter()
                     try:
-                        con.execute("CHECKPOINT")
+                        con.execute(SQL.checkpoint)
                     except duckdb.Error as exc:  # another thread's transaction: the next close
                         if is_damage(exc):
                             raise
@@ -350,10 +352,10 @@ class Database:
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """All or nothing: an exception inside rolls every statement back."""
         with self.connect() as con:
-            con.execute("BEGIN TRANSACTION")
+            con.execute(SQL.begin)
             try:
                 yield con
             except BaseException:
-                con.execute("ROLLBACK")
+                con.execute(SQL.rollback)
                 raise
-            con.execute("COMMIT")
+            con.execute(SQL.commit)
