@@ -67,8 +67,10 @@ docs: setup
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 bench: setup
+	$(BIN)/pip install --quiet -e '.[test,bench]'
 	$(BIN)/python benchmarks/ingest_throughput.py
 	$(BIN)/python benchmarks/oracle_throughput.py
+	$(BIN)/python benchmarks/library_limits.py
 	$(BIN)/python benchmarks/reflection_overhead.py
 	$(BIN)/python benchmarks/crash_rebuy.py
 	$(BIN)/python benchmarks/batch_waits.py

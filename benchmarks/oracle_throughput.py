@@ -85,7 +85,7 @@ def ours(base_url: str, n: int, concurrency: int, folder: Path) -> OracleClient:
         backend="openai", model="gpt-4o-mini", base_url=base_url, api_key="bench",
         max_concurrency=concurrency, max_retries=10, progress_interval_s=3600,
     )
-    client = OracleClient(settings, Database(folder / "bench.duckdb"), folder)
+    client = OracleClient(settings, Database(folder / "store.duckdb"), folder)
     requests = [client.request([("user", f"[ours] rewrite instruction number {i}")], "bench") for i in range(n)]
     replies = list(client.complete_many(requests))
     assert len(replies) == n and all(r.ok for r in replies), "every request must succeed"

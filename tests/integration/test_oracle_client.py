@@ -101,6 +101,21 @@ def test_429_with_retry_after_backs_off_and_recovers(tmp_path):
     assert elapsed >= 0.3  # Retry-After was honoured
 
 
+def test_a_request_waiting_out_its_backoff_holds_no_worker(tmp_path):
+    """One request in flight at a time: the first is turned away with Retry-After 0.5 s,
+    and the others are sent meanwhile rather than after its wait."""
+
+    def plan(body, nth):
+        return ("status", 429, "rate limited", 0.5) if question_number(body) == 0 and nth == 1 else "ok"
+
+    with FakeOpenAI(latency_s=0.02, plan=plan) as server:
+        client = client_for(server, tmp_path, max_concurrency=1)
+        replies = list(client.complete_many(questions(client, 4)))
+        order = [question_number(body) for body in server.received]
+    assert all(r.ok for r in replies) and client.stats.retries == 1
+    assert order == [0, 1, 2, 3, 0]
+
+
 @pytest.mark.parametrize("fault", ["drop", "malformed", ("status", 500, "boom"), ("status", 503, "busy")])
 def test_transient_faults_are_retried_without_resending_successes(tmp_path, fault):
     def plan(body, nth):

@@ -1,6 +1,7 @@
 """Oracle building blocks: request keys, fingerprints, settings, prices, limits."""
 
 import asyncio
+import random
 import time
 from email.utils import formatdate
 
@@ -136,6 +137,24 @@ def test_sporadic_429s_do_not_shrink_the_pool():
 
     limit = asyncio.run(scenario())
     assert limit.decreases == 0 and limit.limit == 64
+
+
+def test_a_random_10_percent_of_429s_does_not_shrink_the_pool_and_40_percent_does():
+    """429s at random, not every tenth answer: two among ten answers happen by chance at a
+    10% rate (a quarter of the time) and must not read as a sustained 20%."""
+
+    def decreases(rate: float) -> int:
+        rng = random.Random(7)
+
+        async def scenario():
+            limit = AdaptiveConcurrency(64, cooldown_s=0.0)
+            await _answers(limit, ["throttled" if rng.random() < rate else "ok" for _ in range(3000)])
+            return limit.decreases
+
+        return asyncio.run(scenario())
+
+    assert decreases(0.10) == 0
+    assert decreases(0.40) >= 3
 
 
 def test_a_burst_of_429s_counts_once_within_the_cooldown():
