@@ -11,7 +11,7 @@ import polars as pl
 from reflection_assets.assets.adapters import baseline_adapter, recycled_adapter, selective_adapter
 from reflection_assets.assets.automation import STALE_ONLY
 from reflection_assets.assets.failures import user_errors_fail_the_step
-from reflection_assets.assets.metadata import markdown_table, png_markdown
+from reflection_assets.assets.metadata import preview_table, png_markdown
 from reflection_assets.assets.oracles import judge as judge_source
 from reflection_assets.assets.oracles import llm_client
 from reflection_assets.assets.partitions import DATASETS
@@ -145,9 +145,9 @@ def benchmark_scores(
         "answers_generated": result.generated,
         "answers_backend": answers_backend.kind,
         "judge_requests": result.judge_requests,
-        "scores": markdown_table(_score_table(result.scores.filter(pl.col("category") == "all"))),
-        "scores_by_category": markdown_table(_score_table(result.scores.filter(pl.col("category") != "all"))),
-        "heldout_loss": markdown_table(result.heldout.with_columns(pl.col("loss", "perplexity").round(4))),
+        "scores": preview_table(_score_table(result.scores.filter(pl.col("category") == "all"))),
+        "scores_by_category": preview_table(_score_table(result.scores.filter(pl.col("category") != "all"))),
+        "heldout_loss": preview_table(result.heldout.with_columns(pl.col("loss", "perplexity").round(4))),
         **result.stats,
     }
     with tempfile.TemporaryDirectory() as folder:

@@ -4,7 +4,7 @@
 import dagster as dg
 
 from reflection_assets.assets.failures import user_errors_fail_the_step
-from reflection_assets.assets.metadata import column_schema, markdown_table
+from reflection_assets.assets.metadata import column_schema, preview_table
 from reflection_assets.assets.partitions import RECORD_PARTITIONS, SHARD_COUNT, dataset_and_shard
 from reflection_assets.assets.resources import OWNER, StorageResource, step_pool
 from reflection_assets.engines.data.ingest import point_shard, shard_fingerprint, shard_summary, stage_version
@@ -84,8 +84,8 @@ def raw_dataset(
             "source": dg.MetadataValue.path(staged.source_path),
             "source_sha256": staged.source_sha256,
             "source_version": staged.version,
-            "preview": markdown_table(summary.preview),
-            "rejects_preview": markdown_table(summary.reject_preview),
+            "preview": preview_table(summary.preview),
+            "rejects_preview": preview_table(summary.reject_preview),
         },
         check_results=[check],
         data_version=dg.DataVersion(fingerprint),

@@ -8,7 +8,7 @@ import polars as pl
 
 from reflection_assets.assets.automation import STALE_ONLY
 from reflection_assets.assets.failures import user_errors_fail_the_step
-from reflection_assets.assets.metadata import markdown_table
+from reflection_assets.assets.metadata import preview_table
 from reflection_assets.assets.oracles import llm_client
 from reflection_assets.assets.oracles import oracle as oracle_source
 from reflection_assets.assets.partitions import RECORD_PARTITIONS, dataset_and_shard
@@ -97,7 +97,7 @@ def _phase_metadata(results: list[PhaseResult], client: OracleClient, before_aft
         "oracle/served_identity": client.served.describe() if client.served else "not probed (REFLECTION_ORACLE_PROBE=off)",
         "prompt_profile": client.settings.prompt_profile,
         "prompt_version": prompt_version(client),
-        "preview": markdown_table(pl.DataFrame(preview_rows[:5]) if preview_rows else pl.DataFrame()),
+        "preview": preview_table(pl.DataFrame(preview_rows[:5]) if preview_rows else pl.DataFrame()),
         **client.stats.as_metadata(),
     }
 
@@ -240,7 +240,7 @@ def recycled_dataset(
             "mode": config.mode,
             "provenance": summary.provenance,
             "mean_chars": summary.mean_chars,
-            "preview": markdown_table(summary.preview),
+            "preview": preview_table(summary.preview),
             "dagster/column_lineage": dg.TableColumnLineage(
                 deps_by_column={
                     "instruction": [

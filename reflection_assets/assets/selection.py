@@ -14,7 +14,7 @@ from pydantic import create_model
 
 from reflection_assets.assets.automation import STALE_ONLY
 from reflection_assets.assets.failures import user_errors_fail_the_step
-from reflection_assets.assets.metadata import markdown_table, png_markdown
+from reflection_assets.assets.metadata import preview_table, png_markdown
 from reflection_assets.assets.partitions import RECORD_PARTITIONS, dataset_and_shard
 from reflection_assets.assets.reflection import reflected_responses
 from reflection_assets.assets.resources import OWNER, StorageResource, env_var_values, resource_field, step_pool
@@ -143,7 +143,7 @@ def student_scores(context: dg.AssetExecutionContext, storage: StorageResource, 
         "template": scorer.template,
         "max_length": scorer.max_length,
         "dtype": scorer.dtype,
-        "means": markdown_table(means),
+        "means": preview_table(means),
     }
     if not distribution.is_empty():
         with tempfile.TemporaryDirectory() as folder:
@@ -189,6 +189,6 @@ def selective_dataset(context: dg.AssetExecutionContext, config: SelectionConfig
             "kept_share": round(kept / summary.records, 4) if summary.records else 0.0,
             "kept_by_kind": summary.kept,
             "top_k": config.top_k if config.top_k is not None else "none",
-            "preview": markdown_table(summary.preview),
+            "preview": preview_table(summary.preview),
         }
     )

@@ -157,7 +157,9 @@ def test_benchmark_scores_with_a_scripted_judge(home, instance, oracle, judge, t
     assert md["judge_fingerprint"].value and md["judge_model"].value == "judge-x"
     assert set(md["judge_served_by"].value) == {"judge-x"}  # the fake names no other snapshot
     assert "data:image/png;base64," in md["win_tie_lose"].value
-    assert "| recycled_vs_baseline | tiny | all |" in md["scores"].value
+    assert ("recycled_vs_baseline", "tiny", "all") in {
+        (r.data["comparison"], r.data["testset"], r.data["category"]) for r in md["scores"].records
+    }
     check = instance.event_log_storage.get_latest_asset_check_execution_by_key(
         [dg.AssetCheckKey(dg.AssetKey("benchmark_scores"), "recycled_beats_baseline")]
     )

@@ -72,6 +72,10 @@ def test_materialization_metadata_and_checks(home, instance, tmp_path):
         total_rows += md["dagster/row_count"].value
         total_rejects += sum(md["rejects_by_reason"].value.values())
         assert {"preview", "length_stats", "source_sha256", "reject_share"} <= set(md)
+        preview = md["preview"]  # Dagster table metadata, one record per previewed row
+        assert isinstance(preview, dg.TableMetadataValue) and len(preview.records) <= 5
+        assert {"record_id", "instruction"} <= {column.name for column in preview.schema.columns}
+        assert all(len(r.data["instruction"]) <= 80 for r in preview.records if r.data["instruction"])
     assert (total_rows, total_rejects) == (30, 30)
     lenient = materialize(instance, "half", asset_config={"raw_dataset": {"max_reject_share": 1.0}})
     assert all(o.failed_checks == [] for o in lenient)
