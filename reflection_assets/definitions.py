@@ -80,18 +80,31 @@ recycle_stale = dg.AutomationConditionSensorDefinition(
     "fingerprint, a changed shard), and what is downstream of them.",
 )
 
+def code_location_resources() -> dict[str, dg.ConfigurableResource]:
+    """The resources every run gets, built from the environment the code location sees:
+    each variable that is set becomes a `dg.EnvVar` field, so the UI shows which variable a
+    value comes from; what is unset is read when the resource is used."""
+    return {
+        "storage": StorageResource.from_environment(),
+        "oracle": OracleResource.from_environment(),
+        "judge": JudgeResource.from_environment(),
+        "student": StudentResource.from_environment(),
+    }
+
+
+def resource(name: str) -> dg.ConfigurableResource:
+    """The code location's resource `name` as a step gets it (dg.build_resources resolves
+    its EnvVars), built from the environment of now: the CLI's commands read the settings
+    the runs read, the same way, rather than constructing resources of their own."""
+    with dg.build_resources({name: code_location_resources()[name]}) as built:
+        return getattr(built, name)
+
+
 defs = dg.Definitions(
     assets=[*SOURCE_ASSETS, *RECORD_ASSETS, *DATASET_ASSETS],
     jobs=[recycle_shards, train_and_score, observe_oracles, send_ahead_job],
     schedules=[observe_oracles_nightly],
     sensors=[recycle_stale],
     executor=EXECUTOR,
-    # Built from the environment the code location sees: the UI shows which variable each
-    # value comes from; what is unset is read when the resource is used.
-    resources={
-        "storage": StorageResource.from_environment(),
-        "oracle": OracleResource.from_environment(),
-        "judge": JudgeResource.from_environment(),
-        "student": StudentResource.from_environment(),
-    },
+    resources=code_location_resources(),
 )

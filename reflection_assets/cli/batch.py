@@ -11,9 +11,10 @@ from reflection_assets.cli.common import storage_resource
 
 
 def _resource(role: str):
-    from reflection_assets.assets.resources import JudgeResource, OracleResource
+    """The oracle's (or judge's) resource, as the definitions give it to the runs."""
+    from reflection_assets.definitions import resource
 
-    return JudgeResource() if role == "judge" else OracleResource()
+    return resource("judge" if role == "judge" else "oracle")
 
 
 def cmd_batch_export(args: argparse.Namespace) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 
 def storage_resource():
-    from reflection_assets.assets.resources import StorageResource
+    """The store, as the definitions' `storage` resource gives it to the runs."""
+    from reflection_assets.definitions import resource
 
-    return StorageResource()
+    return resource("storage")

@@ -10,9 +10,10 @@ from reflection_assets.cli.common import storage_resource
 
 
 def _oracle_resource(judge: bool):
-    from reflection_assets.assets.resources import JudgeResource, OracleResource
+    """The oracle's (or judge's) resource, as the definitions give it to the runs."""
+    from reflection_assets.definitions import resource
 
-    return JudgeResource() if judge else OracleResource()
+    return resource("judge" if judge else "oracle")
 
 
 def cmd_oracle_info(args: argparse.Namespace) -> int:

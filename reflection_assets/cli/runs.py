@@ -172,12 +172,9 @@ def _sends_ahead(settings) -> bool:
 
 def _oracle_settings():
     """The oracle's settings as the definitions' resource gives them to the runs."""
-    import dagster as dg
+    from reflection_assets.definitions import resource
 
-    from reflection_assets.definitions import defs
-
-    with dg.build_resources({"oracle": defs.resources["oracle"]}) as resources:  # its EnvVars resolved
-        return resources.oracle.settings()
+    return resource("oracle").settings()
 
 
 def _record_groups(record_keys, settings, per_shard: bool = False):
@@ -246,11 +243,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     outcomes = []
     stopped = None
     interrupted = False  # a send_ahead run stopped by SIGTERM or Ctrl-C
-    groups = _record_groups(record_keys, _oracle_settings(), args.per_shard) if record_keys else []
+    settings = _oracle_settings() if record_keys else None
+    groups = _record_groups(record_keys, settings, args.per_shard) if record_keys else []
     for spec in specs:
         for group, stage in groups:
             if stage is not None:
-                settings = _oracle_settings()
                 how = "batch mode" if settings.mode == "batch" else "embedded oracle"
                 count = len(args.shard) if args.shard else SHARD_COUNT
                 print(f"{how}: sending ahead what {stage} needs for {count} shard(s) of {spec.name}"
@@ -308,8 +305,8 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     from reflection_assets.assets.benchmark import BenchmarkConfig
     from reflection_assets.assets.oracles import served_identity_for
     from reflection_assets.assets.reflection import ReflectionConfig, ResponseReflectionConfig
-    from reflection_assets.assets.resources import JudgeResource, OracleResource
     from reflection_assets.dagster_instance import ensure_instance
+    from reflection_assets.definitions import resource
     from reflection_assets.engines.planning.estimate import (
         ESTIMATE_STAGES,
         JUDGE_STAGE,
@@ -349,7 +346,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     phase1 = settings_of(ReflectionConfig, "reflected_instructions")
     phase2 = settings_of(ResponseReflectionConfig, "reflected_responses")
     bench = settings_of(BenchmarkConfig, JUDGE_STAGE)
-    resources = {"oracle": OracleResource(), "judge": JudgeResource()}
+    resources = {name: resource(name) for name in ("oracle", "judge")}
     asked = {"oracle": bool(set(stages) & set(ESTIMATE_STAGES)), "judge": JUDGE_STAGE in stages}
     settings = {name: resource.settings() for name, resource in resources.items()}
     for name, prefix in (("oracle", "REFLECTION_ORACLE_"), ("judge", "REFLECTION_JUDGE_")):

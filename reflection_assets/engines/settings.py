@@ -1,7 +1,13 @@
 """Settings read from the environment: where state lives and how records are sharded.
 
 Defaults sit under ./dagster_home; REFLECTION_DUCKDB, REFLECTION_ARTIFACTS and DAGSTER_HOME
-override them, for the CLI, the UI and the tests alike."""
+override them, for the CLI, the UI and the tests alike.
+
+Every other setting is a field of a Dagster resource (assets/resources.py, built by
+definitions.code_location_resources, which the CLI gets through definitions.resource). These
+few cannot be: the shard count fixes the partitions when the definitions load, and the
+paths are where the instance and the store live before any resource is built (the storage
+resource's empty `database` and `artifacts` fields fall back to them)."""
 
 from __future__ import annotations
 

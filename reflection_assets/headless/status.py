@@ -139,15 +139,15 @@ class UnobservedChange:
 
 
 def unobserved_changes(instance: dg.DagsterInstance, statuses: Sequence[AssetStatus]) -> list[UnobservedChange]:
-    from reflection_assets.assets.resources import JudgeResource, OracleResource, StorageResource
-    from reflection_assets.assets.selection import StudentResource, student_version
+    from reflection_assets.assets.selection import student_version
+    from reflection_assets.definitions import resource
     from reflection_assets.method.profiles import judge_version, reflection_version
 
-    oracle, judge = OracleResource().settings(), JudgeResource().settings()
+    oracle, judge = resource("oracle").settings(), resource("judge").settings()
     current_versions = (
         ("oracle", oracle.fingerprint(reflection_version(oracle.prompt_profile)), "reflected_instructions"),
         ("judge", judge.fingerprint(judge_version(judge.prompt_profile)), "benchmark_scores"),
-        ("student", student_version(StudentResource(), StorageResource())[0], "student_scores"),
+        ("student", student_version(resource("student"), resource("storage"))[0], "student_scores"),
     )
     materialized = {s.asset: s.materialized for s in statuses}
     changes = []

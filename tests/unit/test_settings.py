@@ -90,6 +90,44 @@ def test_resources_name_the_variables_they_come_from():
     assert storage.database.env_var_name == "REFLECTION_DUCKDB" and storage.artifacts == ""
 
 
+def test_the_cli_gets_the_resources_the_runs_get_and_says_where_each_value_comes_from(monkeypatch, tmp_path):
+    """definitions.resource builds the code location's resource (its EnvVars resolved) from
+    the environment of now; a value from a variable is reported as that variable, not as
+    `resource`, though it reached the resource as a resolved EnvVar."""
+    from reflection_assets.definitions import resource
+
+    monkeypatch.setenv("REFLECTION_ORACLE_MODEL", "m")
+    monkeypatch.setenv("REFLECTION_JUDGE_MODEL", "j")
+    monkeypatch.setenv("REFLECTION_ORACLE_MAX_TOKENS", "99")
+    monkeypatch.setenv("REFLECTION_DUCKDB", str(tmp_path / "r.duckdb"))
+    oracle = resource("oracle")
+    settings, sources = oracle.settings_with_sources()
+    assert (oracle.model, settings.model, sources["model"]) == ("m", "m", "REFLECTION_ORACLE_MODEL")
+    assert (settings.max_tokens, sources["max_tokens"]) == (99, "REFLECTION_ORACLE_MAX_TOKENS")
+    assert sources["temperature"] == "default"
+    settings, sources = resource("judge").settings_with_sources()
+    assert (settings.model, sources["model"]) == ("j", "REFLECTION_JUDGE_MODEL")
+    assert (settings.max_tokens, sources["max_tokens"]) == (99, "REFLECTION_ORACLE_MAX_TOKENS")
+    assert resource("storage").database_path() == str(tmp_path / "r.duckdb")
+    monkeypatch.setenv("REFLECTION_ORACLE_MODEL", "n")  # read again: the environment of now
+    assert resource("oracle").settings().model == "n"
+    explicit = OracleResource(model="x").settings_with_sources()[1]["model"]
+    assert explicit == "resource"  # a value the environment did not give
+
+
+def test_no_resource_is_built_outside_the_definitions():
+    """The CLI and headless running take their resources from definitions.resource, not by
+    constructing them with no arguments so that they read the environment themselves."""
+    package = Path(__file__).resolve().parents[2] / "reflection_assets"
+    found = [
+        f"{path.relative_to(package)}:{number}"
+        for path in package.rglob("*.py")
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if re.search(r"\b(Storage|Oracle|Judge|Student)Resource\(\)", line)
+    ]
+    assert not found
+
+
 def test_the_answers_backend_is_read_from_the_environment_and_checked():
     from reflection_assets.engines.benchmark.answers import BenchmarkError, Model
     from reflection_assets.engines.benchmark.served_answers import AnswersBackend

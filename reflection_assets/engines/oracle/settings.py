@@ -182,6 +182,16 @@ def _read_env(prefix: str, environ: Mapping[str, str], cls: type = OracleSetting
     return values
 
 
+def _override(found: dict[str, tuple[object, str]], overrides: Mapping[str, object]) -> None:
+    """Explicit values (not None) over what the environment gave. A value equal to its
+    variable's keeps the variable as its source: the code location's resources take each
+    variable that is set as a `dg.EnvVar` field (assets/resources.env_var_values), which
+    reaches here resolved."""
+    for name, value in overrides.items():
+        if value is not None and not (name in found and found[name][0] == value):
+            found[name] = (value, "resource")
+
+
 def read_settings(
     cls: type, prefix: str, environ: Mapping[str, str] | None = None, **overrides: object
 ) -> tuple[object, dict[str, str]]:
@@ -189,7 +199,7 @@ def read_settings(
     None) winning, and where each value came from (the variable, `resource`, or `default`).
     The oracle and the judge add their own rules on top (settings_with_sources)."""
     found = _read_env(prefix, os.environ if environ is None else environ, cls)
-    found.update({k: (v, "resource") for k, v in overrides.items() if v is not None})
+    _override(found, overrides)
     settings = cls(**{name: value for name, (value, _) in found.items()})
     return settings, {e.name: found[e.name][1] if e.name in found else "default" for e in env_settings(cls)}
 
@@ -207,7 +217,7 @@ def settings_with_sources(
     found = _read_env(ORACLE_PREFIX, environ)
     if prefix != ORACLE_PREFIX:
         found.update(_read_env(prefix, environ))
-    found.update({k: (v, "resource") for k, v in overrides.items() if v is not None})
+    _override(found, overrides)
     kind = KINDS.get(found.get("backend", ("local",))[0])  # an unknown one fails in OracleSettings
     if kind is not None and kind.needs_model:
         if "api_key" not in found and environ.get("OPENAI_API_KEY"):
