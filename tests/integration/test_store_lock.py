@@ -179,3 +179,14 @@ def test_many_small_writes_do_not_leave_a_long_wal_for_every_open_to_replay(stor
     assert storage.store_lock(store).checkpoint_s is not None
     with db.connect(read_only=True) as con:
         assert con.execute("SELECT count(*) FROM registry.testsets").fetchone()[0] == 300
+
+
+def test_a_store_named_after_one_of_its_schemas_is_refused_with_the_reason(tmp_path):
+    """DuckDB names a database after its file: bench.duckdb made every `bench.` name
+    ambiguous, and the first write failed with DuckDB's "Ambiguous reference" while setting
+    up the schema."""
+    for name in ("bench.duckdb", "Oracle.duckdb", "raw.db"):
+        with pytest.raises(StorageError, match=rf"{name}: a store cannot be named {name}: DuckDB names a database"):
+            Database(tmp_path / name)
+    with Database(tmp_path / "benchmarks.duckdb").connect() as con:  # only the exact names
+        assert con.execute("SELECT count(*) FROM bench.runs").fetchone() == (0,)

@@ -204,9 +204,21 @@ def _is_lock_conflict(exc: duckdb.Error) -> bool:
     return "lock" in text and ("conflicting" in text or "could not set" in text)
 
 
+# The store's schemas (sql/000_schemas.sql). DuckDB names a database after its file, so a
+# file named after one of them makes every qualified name ambiguous ("Ambiguous reference to
+# catalog or schema").
+SCHEMAS = ("registry", "raw", "oracle", "lineage", "training", "reflect", "bench", "selection")
+
+
 class Database:
     def __init__(self, path: str | Path, lock_timeout_s: float = 300.0, config: dict | None = None):
         self.path = Path(path)
+        if self.path.stem.lower() in SCHEMAS:
+            raise StorageError(
+                f"{self.path}: a store cannot be named {self.path.name}: DuckDB names a database after its "
+                f"file, and {self.path.stem} is one of the store's schemas ({', '.join(SCHEMAS)}); "
+                "name the file otherwise, e.g. reflection.duckdb"
+            )
         self.lock_timeout_s = lock_timeout_s
         self.config = dict(config or {})  # DuckDB settings (memory_limit, threads...)
         self.restoring = False  # set by `reflection rebuild`: a new store beside a full ledger
