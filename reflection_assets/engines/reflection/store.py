@@ -9,10 +9,13 @@ import polars as pl
 
 from reflection_assets.engines.reflection.phases import PhaseResult
 from reflection_assets.engines.data.shards import mark_written, require_upstream
+from reflection_assets.engines.store.queries import queries
 from reflection_assets.engines.store.storage import Database
 from reflection_assets.method.records import Record
 from reflection_assets.errors import UserError
 from reflection_assets.method.prompts import BETTER_ANSWER, NEW_ANSWER, NEW_INSTRUCTION
+
+SQL = queries("reflection_store")
 
 RECYCLE_MODES = {"chain": "reflect.recycle_chain", "instruction": "reflect.recycle_instruction",
                  "response": "reflect.recycle_response"}
@@ -26,11 +29,7 @@ class ReflectionInputError(UserError):
 
 def raw_pairs(db: Database, dataset: str, shard: int) -> list[Record]:
     with db.connect() as con:
-        rows = con.execute(
-            "SELECT record_id, instruction, input, output FROM raw.records "
-            "WHERE dataset = ? AND shard = ? ORDER BY record_id",
-            [dataset, shard],
-        ).fetchall()
+        rows = con.execute(SQL.raw_pairs, [dataset, shard]).fetchall()
     return [Record(*row) for row in rows]
 
 
@@ -47,31 +46,13 @@ def phase1_pairs(db: Database, dataset: str, shard: int) -> list[Record]:
 def instruction_reflected_pairs(db: Database, dataset: str, shard: int) -> tuple[list[Record], set[str]]:
     """The pairs phase 1 produced (the original where it kept it), and which were replaced."""
     with db.connect() as con:
-        missing = con.execute(
-            """
-            SELECT count(*) FROM raw.records AS r
-            LEFT JOIN reflect.instructions AS i USING (dataset, record_id)
-            WHERE r.dataset = ? AND r.shard = ? AND i.record_id IS NULL
-            """,
-            [dataset, shard],
-        ).fetchone()[0]
+        missing = con.execute(SQL.missing_instruction_reflections, [dataset, shard]).fetchone()[0]
         if missing:
             raise ReflectionInputError(
                 f"{missing} record(s) of {dataset}|{shard:02d} have no instruction reflection: "
                 "materialize reflected_instructions for this shard first"
             )
-        rows = con.execute(
-            """
-            SELECT r.record_id,
-                   coalesce(i.new_instruction, r.instruction),
-                   CASE WHEN i.replaced THEN '' ELSE r.input END,
-                   coalesce(i.new_output, r.output),
-                   i.replaced
-            FROM raw.records AS r JOIN reflect.instructions AS i USING (dataset, record_id)
-            WHERE r.dataset = ? AND r.shard = ? ORDER BY r.record_id
-            """,
-            [dataset, shard],
-        ).fetchall()
+        rows = con.execute(SQL.instruction_reflected_pairs, [dataset, shard]).fetchall()
         if not rows:
             require_upstream(con, "reflected_responses", dataset, shard)
     return [Record(*row[:4]) for row in rows], {row[0] for row in rows if row[4]}
@@ -94,11 +75,10 @@ def _replace_shard(
 ) -> None:
     """The shard's rows in `table` become `frame`'s, in one transaction."""
     with db.transaction() as con:
-        con.execute(f"DELETE FROM {table} WHERE dataset = ? AND shard = ?", [dataset, shard])
+        con.execute(SQL.format("delete_shard_rows", table=table), [dataset, shard])
         columns = ", ".join(frame.columns)
         con.execute(
-            f"INSERT INTO {table} (dataset, shard, fingerprint, prompt_version, {columns}) "
-            f"SELECT ?, ?, ?, ?, {columns} FROM frame",
+            SQL.format("insert_shard_rows", table=table, columns=columns),
             [dataset, shard, fingerprint, prompt_version],
         )
         mark_written(con, STAGE_OF_TABLE[table], dataset, shard, frame.height)
@@ -166,12 +146,8 @@ def write_response_results(
 def write_recycled(db: Database, dataset: str, shard: int, mode: str) -> int:
     view = RECYCLE_MODES[mode]
     with db.transaction() as con:
-        available = con.execute(
-            f"SELECT count(*) FROM {view} WHERE dataset = ? AND shard = ?", [dataset, shard]
-        ).fetchone()[0]
-        expected = con.execute(
-            "SELECT count(*) FROM raw.records WHERE dataset = ? AND shard = ?", [dataset, shard]
-        ).fetchone()[0]
+        available = con.execute(SQL.format("recycle_available", view=view), [dataset, shard]).fetchone()[0]
+        expected = con.execute(SQL.shard_record_count, [dataset, shard]).fetchone()[0]
         if expected == 0:
             upstream = "reflected_instructions" if mode == "instruction" else "reflected_responses"
             require_upstream(con, "recycled_dataset", dataset, shard, upstream)
@@ -185,20 +161,8 @@ def write_recycled(db: Database, dataset: str, shard: int, mode: str) -> int:
                 f"mode {mode!r} needs {needs} for {dataset}|{shard:02d}: only {available} of "
                 f"{expected} records have them; materialize those first"
             )
-        con.execute("DELETE FROM reflect.recycled WHERE dataset = ? AND shard = ?", [dataset, shard])
-        con.execute(
-            f"""
-            INSERT INTO reflect.recycled
-                (dataset, shard, record_id, mode, instruction, input, output, provenance,
-                 source_file, source_row, instruction_request_key, response_request_key,
-                 instruction_outcome, response_outcome, fingerprint)
-            SELECT dataset, shard, record_id, mode, instruction, input, output, provenance,
-                   source_file, source_row, instruction_request_key, response_request_key,
-                   instruction_outcome, response_outcome, fingerprint
-            FROM {view} WHERE dataset = ? AND shard = ?
-            """,
-            [dataset, shard],
-        )
+        con.execute(SQL.delete_recycled, [dataset, shard])
+        con.execute(SQL.format("insert_recycled", view=view), [dataset, shard])
         mark_written(con, "recycled_dataset", dataset, shard, available)
     return available
 
@@ -241,10 +205,7 @@ def shard_health(db: Database, stage: str, dataset: str, shard: int) -> ShardHea
     """What the reflection stages' checks look at, for one shard (`stage`: instructions or
     responses)."""
     with db.connect() as con:
-        row = con.execute(
-            f"SELECT rows, ok, empty_replacements, mixed_pairs FROM {HEALTH_VIEWS[stage]} WHERE dataset = ? AND shard = ?",
-            [dataset, shard],
-        ).fetchone()
+        row = con.execute(SQL.format("shard_health", view=HEALTH_VIEWS[stage]), [dataset, shard]).fetchone()
     return ShardHealth(*(row or (0, 0, 0, 0)))
 
 
@@ -257,48 +218,25 @@ class RecycledSummary:
 
 def recycled_summary(db: Database, dataset: str, shard: int, preview_rows: int = 5) -> RecycledSummary:
     with db.connect() as con:
-        provenance = dict(
-            con.execute(
-                "SELECT provenance, count(*) FROM reflect.recycled WHERE dataset = ? AND shard = ? GROUP BY 1",
-                [dataset, shard],
-            ).fetchall()
-        )
-        preview = con.execute(
-            "SELECT record_id, provenance, instruction, input, output FROM reflect.recycled "
-            "WHERE dataset = ? AND shard = ? ORDER BY provenance DESC, record_id LIMIT ?",
-            [dataset, shard, preview_rows],
-        ).pl()
-        lengths = con.execute(
-            "SELECT round(avg(length(instruction)), 1), round(avg(length(output)), 1) FROM reflect.recycled "
-            "WHERE dataset = ? AND shard = ?",
-            [dataset, shard],
-        ).fetchone()
+        provenance = dict(con.execute(SQL.recycled_provenance, [dataset, shard]).fetchall())
+        preview = con.execute(SQL.recycled_preview, [dataset, shard, preview_rows]).pl()
+        lengths = con.execute(SQL.recycled_mean_chars, [dataset, shard]).fetchone()
     return RecycledSummary(provenance, preview, {"instruction": lengths[0] or 0.0, "output": lengths[1] or 0.0})
 
 
 STAGE_CALLS = {"instructions": "instruction%", "responses": "response%"}
-SERVED_LABEL = "coalesce(o.served_model, 'not recorded') || coalesce(' (' || o.system_fingerprint || ')', '')"
 
 
 def served_by(db: Database, stage: str, dataset: str, shard: int) -> dict[str, int]:
     """The replies behind one shard's rows of a stage (`instructions` or `responses`), by
     what served them: the completion's model, with its system_fingerprint when it had one."""
     with db.connect() as con:
-        rows = con.execute(
-            f"SELECT {SERVED_LABEL}, count(DISTINCT o.request_key) FROM lineage.oracle_calls AS o "
-            "JOIN raw.records AS r USING (dataset, record_id) "
-            "WHERE o.dataset = ? AND r.shard = ? AND o.stage LIKE ? AND o.model IS NOT NULL GROUP BY 1 ORDER BY 2 DESC, 1",
-            [dataset, shard, STAGE_CALLS[stage]],
-        ).fetchall()
+        rows = con.execute(SQL.served_by, [dataset, shard, STAGE_CALLS[stage]]).fetchall()
     return dict(rows)
 
 
 def judge_served_by(db: Database, run_id: str) -> dict[str, int]:
     """The judge's replies behind one benchmark run, by what served them."""
     with db.connect() as con:
-        rows = con.execute(
-            f"SELECT {SERVED_LABEL}, count(DISTINCT o.request_key) FROM bench.judge_calls AS j "
-            "JOIN oracle.replies AS o USING (request_key) WHERE j.run_id = ? GROUP BY 1 ORDER BY 2 DESC, 1",
-            [run_id],
-        ).fetchall()
+        rows = con.execute(SQL.judge_served_by, [run_id]).fetchall()
     return dict(rows)

@@ -13,9 +13,12 @@ import polars as pl
 
 from reflection_assets.engines.selection.ifd import Pair, PairScore, StudentScorer
 from reflection_assets.engines.data.shards import mark_written, require_upstream
+from reflection_assets.engines.store.queries import queries
 from reflection_assets.engines.store.storage import Database
 from reflection_assets.errors import UserError
 from reflection_assets.method.selection import OK, VARIANTS, Perplexities, VariantScore, decide, top_share
+
+SQL = queries("selection_store")
 
 # Pairs scored between two writes to the cache: what an interruption can lose at most.
 CHUNK = 256
@@ -36,10 +39,7 @@ class ScoreSummary:
 
 def _check_variants(con, dataset: str, shard: int) -> None:
     counts = dict(
-        con.execute(
-            "SELECT variant, count(*) FROM selection.variants WHERE dataset = ? AND shard = ? GROUP BY variant",
-            [dataset, shard],
-        ).fetchall()
+        con.execute(SQL.variant_counts, [dataset, shard]).fetchall()
     )
     records = counts.get("original", 0)
     key = f"{dataset}|{shard:02d}"
@@ -68,11 +68,7 @@ def _cached(con, keys: list[str]) -> dict[str, PairScore]:
     if not keys:
         return {}
     wanted = pl.DataFrame({"score_key": keys})  # noqa: F841 (read by DuckDB by its name)
-    rows = con.execute(
-        "SELECT c.score_key, status, reason, loss_output_condition, loss_output_alone, "
-        "loss_instruction_condition, loss_instruction_alone, truncated "
-        "FROM selection.score_cache AS c JOIN wanted USING (score_key)"
-    ).fetchall()
+    rows = con.execute(SQL.cached_scores).fetchall()
     found = {}
     for key, status, reason, *losses, truncated in rows:
         found[key] = PairScore(status, reason, Perplexities(*losses) if status == OK else None, truncated)
@@ -94,7 +90,7 @@ def _store_cache(db: Database, scored: dict[str, PairScore]) -> None:
         schema_overrides={c: pl.Float64 for c in ("loss_output_condition", "loss_output_alone", "loss_instruction_condition", "loss_instruction_alone")},
     )
     with db.transaction() as con:
-        con.execute("INSERT OR REPLACE INTO selection.score_cache BY NAME SELECT * FROM frame")
+        con.execute(SQL.store_cache)
 
 
 def score_shard(
@@ -103,11 +99,7 @@ def score_shard(
     """Score every variant of the shard's records and store them (the shard replaced whole)."""
     with db.connect() as con:
         _check_variants(con, dataset, shard)
-        variants = con.execute(
-            "SELECT record_id, variant, instruction, input, output FROM selection.variants "
-            "WHERE dataset = ? AND shard = ? ORDER BY record_id, variant",
-            [dataset, shard],
-        ).fetchall()
+        variants = con.execute(SQL.shard_variants, [dataset, shard]).fetchall()
     pairs = [Pair(*row[2:]) for row in variants]
     keys = [scorer.key(p) for p in pairs]
     with db.connect() as con:
@@ -143,9 +135,9 @@ def score_shard(
         rows.append(row)
     frame = pl.DataFrame(rows, infer_schema_length=None)  # noqa: F841 (read by DuckDB by its name)
     with db.transaction() as con:
-        con.execute("DELETE FROM selection.student_scores WHERE dataset = ? AND shard = ?", [dataset, shard])
+        con.execute(SQL.delete_student_scores, [dataset, shard])
         if rows:
-            con.execute("INSERT INTO selection.student_scores BY NAME SELECT * FROM frame")
+            con.execute(SQL.insert_student_scores)
         mark_written(con, "student_scores", dataset, shard, len(rows))
     summary.statuses = dict(Counter(known[k].status for k in keys))
     summary.truncated = sum(known[k].truncated for k in keys)
@@ -163,13 +155,8 @@ def select_shard(db: Database, dataset: str, shard: int, top_k: float | None = N
     """Apply the official rule to the shard's scores; store every decision and the kept rows."""
     key = f"{dataset}|{shard:02d}"
     with db.connect() as con:
-        scores = con.execute(
-            "SELECT record_id, variant, ifd, r_ifd FROM selection.student_scores WHERE dataset = ? AND shard = ?",
-            [dataset, shard],
-        ).fetchall()
-        records = con.execute(
-            "SELECT count(*) FROM raw.records WHERE dataset = ? AND shard = ?", [dataset, shard]
-        ).fetchone()[0]
+        scores = con.execute(SQL.shard_scores, [dataset, shard]).fetchall()
+        records = con.execute(SQL.shard_record_count, [dataset, shard]).fetchone()[0]
         if records == 0:  # an empty shard: nothing to select once student_scores ran on it
             require_upstream(con, "selective_dataset", dataset, shard)
     by_record: dict[str, dict[str, VariantScore]] = {}
@@ -193,33 +180,13 @@ def select_shard(db: Database, dataset: str, shard: int, top_k: float | None = N
         rows.append(row)
     decision_frame = pl.DataFrame(rows, infer_schema_length=None)  # noqa: F841 (read by DuckDB by its name)
     with db.transaction() as con:
-        con.execute("DELETE FROM selection.decisions WHERE dataset = ? AND shard = ?", [dataset, shard])
+        con.execute(SQL.delete_decisions, [dataset, shard])
         if rows:
-            con.execute("INSERT INTO selection.decisions BY NAME SELECT * FROM decision_frame")
-        con.execute("DELETE FROM selection.selective WHERE dataset = ? AND shard = ?", [dataset, shard])
-        con.execute(
-            """
-            INSERT INTO selection.selective BY NAME
-            SELECT v.dataset, v.shard, v.record_id, d.kept AS kind, v.instruction, v.input, v.output,
-                   CASE d.kept WHEN 'both' THEN 'both' ELSE 'response_reflected' END AS provenance,
-                   r.source_file, r.source_row, v.instruction_request_key, v.response_request_key,
-                   v.fingerprint, s.ifd, s.r_ifd, d.reason
-            FROM selection.decisions AS d
-            JOIN selection.variants AS v ON v.dataset = d.dataset AND v.record_id = d.record_id AND v.variant = d.kept
-            JOIN selection.student_scores AS s ON s.dataset = d.dataset AND s.record_id = d.record_id AND s.variant = d.kept
-            JOIN raw.records AS r ON r.dataset = d.dataset AND r.record_id = d.record_id
-            WHERE d.dataset = ? AND d.shard = ? AND NOT d.cut_by_top_k
-            """,
-            [dataset, shard],
-        )
-        preview = con.execute(
-            "SELECT record_id, kind, round(ifd, 4) AS ifd, round(r_ifd, 4) AS r_ifd, instruction, output "
-            "FROM selection.selective WHERE dataset = ? AND shard = ? ORDER BY record_id LIMIT 5",
-            [dataset, shard],
-        ).pl()
-        kept_rows = con.execute(
-            "SELECT count(*) FROM selection.selective WHERE dataset = ? AND shard = ?", [dataset, shard]
-        ).fetchone()[0]
+            con.execute(SQL.insert_decisions)
+        con.execute(SQL.delete_selective, [dataset, shard])
+        con.execute(SQL.insert_selective, [dataset, shard])
+        preview = con.execute(SQL.selective_preview, [dataset, shard]).pl()
+        kept_rows = con.execute(SQL.selective_count, [dataset, shard]).fetchone()[0]
         mark_written(con, "selective_dataset", dataset, shard, kept_rows)
     counts = Counter(d.kept or "none" for d in decisions.values())
     kept = {"both": counts.get("both", 0), "response": counts.get("response", 0), "none": counts.get("none", 0),
@@ -230,7 +197,4 @@ def select_shard(db: Database, dataset: str, shard: int, top_k: float | None = N
 def score_distribution(db: Database, dataset: str, shard: int) -> pl.DataFrame:
     """variant, ifd, r_ifd of the shard's scored variants (status ok): for the histogram."""
     with db.connect() as con:
-        return con.execute(
-            "SELECT variant, ifd, r_ifd FROM selection.student_scores WHERE dataset = ? AND shard = ? AND status = 'ok'",
-            [dataset, shard],
-        ).pl()
+        return con.execute(SQL.score_distribution, [dataset, shard]).pl()
