@@ -17,7 +17,13 @@ from reflection_assets.assets.raw import raw_dataset
 from reflection_assets.assets.reflection import recycled_dataset
 from reflection_assets.assets.selection import selective_dataset
 from reflection_assets.assets.resources import OWNER, StorageResource, step_pool
-from reflection_assets.engines.student.adapters import Adapter, clear_current, has_training_rows, train_or_reuse
+from reflection_assets.engines.student.adapters import (
+    Adapter,
+    clear_current,
+    has_training_rows,
+    selection_scorers,
+    train_or_reuse,
+)
 from reflection_assets.engines.models.loading import model_identity
 from reflection_assets.engines.student.training import TrainConfig
 
@@ -113,10 +119,7 @@ def _train(context: dg.AssetExecutionContext, config: AdapterConfig, storage: St
     if variant == "selective":
         # V2 selects with the student it trains: say so when the scores came from another model.
         trained = model_identity(config.base_model, storage.artifacts_path())
-        with storage.db().connect() as con:
-            scorers = [r[0] for r in con.execute(
-                "SELECT DISTINCT student FROM selection.student_scores WHERE dataset = ? ORDER BY 1", [dataset]
-            ).fetchall()]
+        scorers = selection_scorers(storage.db(), dataset)
         metadata["selected_by"] = ", ".join(scorers)
         if scorers != [trained]:
             context.log.warning(

@@ -37,27 +37,17 @@ def cmd_scores(args: argparse.Namespace) -> int:
     return 0
 
 
-ADAPTERS_SQL = """
-    SELECT a.*, c.variant IS NOT NULL AS current
-    FROM training.adapters AS a
-    LEFT JOIN training.current_adapters AS c ON c.adapter_id = a.adapter_id
-    WHERE (? IS NULL OR a.dataset = ?) AND (? OR c.variant IS NOT NULL)
-    ORDER BY a.dataset, a.variant, a.created_at
-"""
-
-
 def cmd_adapters(args: argparse.Namespace) -> int:
     """The registry of training.adapters: the current adapter of each dataset's variant (the
     one benchmark_scores evaluates), or with --all every one trained."""
     import json
 
+    from reflection_assets.engines.student.adapters import list_adapters
+
     storage = storage_resource()
     if args.dataset:
         storage.registry().get(args.dataset)
-    with storage.db().connect(read_only=True) as con:
-        cursor = con.execute(ADAPTERS_SQL, [args.dataset, args.dataset, args.all])
-        columns = [c[0] for c in cursor.description]
-        rows = [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
+    rows = list_adapters(storage.db(), args.dataset, args.all)
     for row in rows:
         row["config"] = json.loads(row.pop("config_json"))
         row["created_at"] = str(row["created_at"])

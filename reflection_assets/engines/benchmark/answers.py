@@ -15,12 +15,14 @@ import polars as pl
 
 from reflection_assets.engines.student.adapters import VARIANT_SOURCES, held_out
 from reflection_assets.engines.models.decoding import greedy_decode
+from reflection_assets.engines.store.queries import queries
 from reflection_assets.engines.store.storage import Database
 from reflection_assets.engines.benchmark.testsets import TestPrompt
 from reflection_assets.errors import UserError
 from reflection_assets.method.digests import json_digest
 
 Log = Callable[[str], None]
+SQL = queries("benchmark_answers")
 
 
 class BenchmarkError(UserError):
@@ -54,12 +56,7 @@ class Model:
 
 def models_for(db: Database, dataset: str, compare_base: bool) -> list[Model]:
     with db.connect() as con:
-        rows = con.execute(
-            "SELECT c.variant, a.adapter_id, a.base_model, a.config_json, a.path "
-            "FROM training.current_adapters c JOIN training.adapters a USING (adapter_id) "
-            "WHERE c.dataset = ? ORDER BY c.variant",
-            [dataset],
-        ).fetchall()
+        rows = con.execute(SQL.current_adapters, [dataset]).fetchall()
     found = {variant: row for variant, *row in rows}
     missing = [v for v in ("baseline", "recycled") if v not in found]
     # The student-selected adapter (V2) is evaluated when there is one.
@@ -176,12 +173,7 @@ def answer_all(
         generation_key = settings.key(loaded.layout or "", dtype)
     unique = {p.prompt_hash: p.text for p in prompts}
     with db.connect() as con:
-        stored = dict(
-            con.execute(
-                "SELECT prompt_hash, answer FROM bench.answers WHERE model_key = ? AND generation_key = ?",
-                [loaded.model.key, generation_key],
-            ).fetchall()
-        )
+        stored = dict(con.execute(SQL.stored_answers, [loaded.model.key, generation_key]).fetchall())
     missing = [(h, t) for h, t in unique.items() if h not in stored]
     if missing:
         log(f"{loaded.model.name}: generating {len(missing)} answers ({len(unique) - len(missing)} stored)")
@@ -213,10 +205,7 @@ def answer_all(
             }
         )
         with db.connect() as con:  # each batch is kept as soon as it exists
-            con.execute(
-                "INSERT OR REPLACE INTO bench.answers (model_key, prompt_hash, generation_key, prompt, answer, "
-                "finish_reason, new_tokens, backend) SELECT * FROM frame"
-            )
+            con.execute(SQL.insert_answers)
         stored.update({h: a for (h, _), (a, _, _) in zip(batch, answers, strict=True)})
         log(f"{loaded.model.name}: {min(start + len(batch), len(missing))}/{len(missing)} answers generated")
     return {p.prompt_hash: stored[p.prompt_hash] for p in prompts}, len(missing)
@@ -230,15 +219,12 @@ def heldout_references(db: Database, dataset: str, models: Sequence[Model], frac
     with its original and its recycled answers. Records that some adapter did train on
     (say, one trained with another holdout fraction) are left out."""
     adapter_ids = [m.key for m in models if m.adapter_path is not None]
+    params = ", ".join("?" * len(adapter_ids))
     references: dict[str, list] = {}
     with db.connect() as con:
         for reference, table in (("original", VARIANT_SOURCES["baseline"]), ("recycled", VARIANT_SOURCES["recycled"])):
-            rows = con.execute(
-                f"SELECT record_id, instruction, input, output FROM {table} WHERE dataset = ? "
-                "AND record_id NOT IN (SELECT record_id FROM training.adapter_records WHERE adapter_id IN "
-                f"({', '.join('?' * len(adapter_ids))})) ORDER BY record_id",
-                [dataset, *adapter_ids],
-            ).fetchall()
+            untrained = SQL.format("untrained_rows", table=table, params=params)
+            rows = con.execute(untrained, [dataset, *adapter_ids]).fetchall()
             references[reference] = [r for r in rows if held_out(r[0], fraction)]
     return references
 
@@ -262,9 +248,7 @@ def heldout_loss(
             continue
         key = _loss_key(loaded.model, reference, rows, precision)
         with db.connect() as con:
-            known = con.execute(
-                "SELECT examples, loss FROM bench.heldout_loss WHERE loss_key = ? LIMIT 1", [key]
-            ).fetchone()
+            known = con.execute(SQL.stored_heldout_loss, [key]).fetchone()
         if known is None:
             tokenizer = loaded.tokenizer()
             examples = build_examples(tokenizer, loaded.layout or "chat", rows, max_length)

@@ -29,11 +29,16 @@ from reflection_assets.engines.benchmark.answers import (
 from reflection_assets.engines.benchmark.judge import REFERENCE, judge_all
 from reflection_assets.engines.benchmark.served_answers import AnswersBackend
 from reflection_assets.engines.oracle.client import OracleClient
+from reflection_assets.engines.store.queries import queries
 from reflection_assets.engines.store.storage import Database
 from reflection_assets.engines.benchmark.testsets import TestPrompt
 from reflection_assets.method.digests import json_digest
 from reflection_assets.method.judging import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, Tally, bootstrap_intervals, sign_test
 from reflection_assets.method.profiles import judge_version
+
+SQL = queries("benchmark_run")
+# The tables that hold a run's rows, cleared before the run is stored again.
+RUN_TABLES = ("bench.runs", "bench.judgments", "bench.outcomes", "bench.scores", "bench.heldout_loss")
 
 
 @dataclass
@@ -233,20 +238,13 @@ def _store(db, run_id, dataset, models, judge, judge_fingerprint, generation, dt
         json.dumps({name: _digest([asdict(p) for p in prompts]) for name, prompts in testsets.items()}),
     ]
     with db.transaction() as con:
-        for table in ("runs", "judgments", "outcomes", "scores", "heldout_loss"):
-            con.execute(f"DELETE FROM bench.{table} WHERE run_id = ?", [run_id])
-        con.execute(
-            "INSERT INTO bench.runs (run_id, dataset, baseline_adapter, recycled_adapter, selective_adapter, "
-            "base_model, judge_fingerprint, judge_model, generation_json, testsets_json) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            run_row,
-        )
-        con.execute(
-            "INSERT INTO bench.judgments BY NAME SELECT * FROM judgment_frame"
-        )
-        con.execute("INSERT INTO bench.outcomes BY NAME SELECT * FROM outcome_rows")
-        con.execute("INSERT INTO bench.scores BY NAME SELECT * FROM score_rows")
-        con.execute("INSERT INTO bench.heldout_loss BY NAME SELECT * FROM loss_rows")
+        for table in RUN_TABLES:
+            con.execute(SQL.format("delete_run_rows", table=table), [run_id])
+        con.execute(SQL.insert_run, run_row)
+        con.execute(SQL.insert_judgments)
+        con.execute(SQL.insert_outcomes)
+        con.execute(SQL.insert_scores)
+        con.execute(SQL.insert_heldout_loss)
 
 
 PLOTTED = ("recycled_vs_baseline", "selective_vs_baseline")
@@ -298,24 +296,11 @@ def latest_scores(db: Database, dataset: str) -> dict[str, object] | None:
     """The latest benchmark run of a dataset: its adapters and judge, the score of every
     comparison and test set, and the held-out losses; None when there is none."""
     with db.connect() as con:
-        run = con.execute(
-            "SELECT run_id, baseline_adapter, recycled_adapter, judge_model, judge_fingerprint, created_at, "
-            "selective_adapter FROM bench.latest WHERE dataset = ?",
-            [dataset],
-        ).fetchone()
+        run = con.execute(SQL.latest_run, [dataset]).fetchone()
         if run is None:
             return None
-        scores = con.execute(
-            "SELECT comparison, testset, win, tie, lose, unparsed, winning_score, winning_score_low, "
-            "winning_score_high, win_rate, win_rate_low, win_rate_high, p_value FROM bench.scores "
-            "WHERE run_id = ? AND category = 'all' ORDER BY comparison, testset",
-            [run[0]],
-        ).fetchall()
-        losses = con.execute(
-            "SELECT model, reference, examples, loss, perplexity FROM bench.heldout_loss WHERE run_id = ? "
-            "ORDER BY reference, model",
-            [run[0]],
-        ).fetchall()
+        scores = con.execute(SQL.run_scores, [run[0]]).fetchall()
+        losses = con.execute(SQL.run_heldout_loss, [run[0]]).fetchall()
     score_keys = ("comparison", "testset", "win", "tie", "lose", "unparsed", "winning_score")
 
     def score(row: tuple) -> dict[str, object]:

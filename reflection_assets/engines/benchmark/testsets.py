@@ -11,6 +11,7 @@ from pathlib import Path
 from reflection_assets.engines.data.datasets import NAME_PATTERN
 from reflection_assets.engines.store.ledger import logged
 from reflection_assets.engines.data.sources import BUNDLED_PREFIX, SourceError, read_json_rows, resolve_source
+from reflection_assets.engines.store.queries import queries
 from reflection_assets.engines.store.storage import Database
 from reflection_assets.errors import UserError
 from reflection_assets.method.digests import text_digest
@@ -18,6 +19,7 @@ from reflection_assets.method.layouts import user_turn
 
 BUNDLED_TESTSET = "bundled"  # always available: the package's evaluation prompts
 BUNDLED_TESTSET_SOURCE = BUNDLED_PREFIX + "eval_prompts"
+SQL = queries("benchmark_testsets")
 
 
 class TestsetError(UserError):
@@ -189,22 +191,14 @@ class TestsetRegistry:
             source = str(Path(source).expanduser().resolve())
         prompts = load_testset(source, fmt)  # a malformed file fails now, not at scoring time
         with self.db.transaction() as con:  # the ledger has the row before it commits
-            logged(
-                con, self.db.ledger(), "registry.testsets",
-                """
-                INSERT INTO registry.testsets (name, source, format) VALUES (?, ?, ?)
-                ON CONFLICT (name) DO UPDATE SET source = excluded.source, format = excluded.format,
-                    updated_at = now()
-                """,
-                [name, source, fmt],
-            )
+            logged(con, self.db.ledger(), "registry.testsets", SQL.upsert_testset, [name, source, fmt])
         return TestsetSpec(name, source, fmt), len(prompts)
 
     def get(self, name: str) -> TestsetSpec:
         if name == BUNDLED_TESTSET:
             return TestsetSpec(name, BUNDLED_TESTSET_SOURCE, "vicuna")
         with self.db.connect() as con:
-            row = con.execute("SELECT name, source, format FROM registry.testsets WHERE name = ?", [name]).fetchone()
+            row = con.execute(SQL.find_testset, [name]).fetchone()
         if row is None:
             known = ", ".join(s.name for s in self.list())
             raise TestsetError(
@@ -215,7 +209,7 @@ class TestsetRegistry:
 
     def list(self) -> list[TestsetSpec]:
         with self.db.connect() as con:
-            rows = con.execute("SELECT name, source, format FROM registry.testsets ORDER BY name").fetchall()
+            rows = con.execute(SQL.list_testsets).fetchall()
         return [TestsetSpec(BUNDLED_TESTSET, BUNDLED_TESTSET_SOURCE, "vicuna"), *(TestsetSpec(*r) for r in rows)]
 
     def load(self, name: str) -> list[TestPrompt]:

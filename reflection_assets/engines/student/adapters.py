@@ -20,9 +20,12 @@ import polars as pl
 
 from reflection_assets.engines.student import trainer
 from reflection_assets.engines.store.ledger import logged
+from reflection_assets.engines.store.queries import queries
 from reflection_assets.engines.store.storage import Database
 from reflection_assets.engines.student.training import TrainConfig, TrainingError, check_config
 from reflection_assets.method.digests import json_digest
+
+SQL = queries("student_adapters")
 
 # Runs the training command with these extra environment variables; raises when it fails.
 Launch = Callable[[Sequence[str], Mapping[str, str]], None]
@@ -51,35 +54,26 @@ def training_rows(
     db: Database, dataset: str, variant: str, holdout_fraction: float = 0.0
 ) -> list[tuple[str, str, str, str]]:
     with db.connect() as con:
-        rows = con.execute(
-            f"SELECT record_id, instruction, input, output FROM {VARIANT_SOURCES[variant]} "
-            "WHERE dataset = ? ORDER BY record_id",
-            [dataset],
-        ).fetchall()
+        rows = con.execute(SQL.format("training_rows", source=VARIANT_SOURCES[variant]), [dataset]).fetchall()
     return [row for row in rows if not held_out(row[0], holdout_fraction)]
 
 
 def has_training_rows(db: Database, dataset: str, variant: str) -> bool:
     """Whether the variant's source holds any row of the dataset (the held-out slice aside)."""
     with db.connect() as con:
-        return con.execute(f"SELECT count(*) FROM {VARIANT_SOURCES[variant]} WHERE dataset = ?", [dataset]).fetchone()[0] > 0
-
-
-# The adapter the variant's asset last materialized: what benchmark_scores evaluates.
-SET_CURRENT = """
-    INSERT INTO training.current_adapters (dataset, variant, adapter_id) VALUES (?, ?, ?)
-    ON CONFLICT (dataset, variant) DO UPDATE SET adapter_id = excluded.adapter_id, updated_at = now()
-"""
+        count = SQL.format("count_training_rows", source=VARIANT_SOURCES[variant])
+        return con.execute(count, [dataset]).fetchone()[0] > 0
 
 
 def set_current(con, db: Database, dataset: str, variant: str, adapter_id: str) -> None:
-    """In the caller's transaction; the ledger has it before it commits."""
-    logged(con, db.ledger(), "training.current_adapters", SET_CURRENT, [dataset, variant, adapter_id])
+    """The adapter the variant's asset last materialized: what benchmark_scores evaluates.
+    In the caller's transaction; the ledger has it before it commits."""
+    logged(con, db.ledger(), "training.current_adapters", SQL.set_current_adapter, [dataset, variant, adapter_id])
 
 
 def clear_current(db: Database, dataset: str, variant: str) -> None:
     with db.transaction() as con:
-        con.execute("DELETE FROM training.current_adapters WHERE dataset = ? AND variant = ?", [dataset, variant])
+        con.execute(SQL.clear_current_adapter, [dataset, variant])
         db.ledger().delete("training.current_adapters", {"dataset": dataset, "variant": variant})
 
 
@@ -96,10 +90,27 @@ def adapter_id_for(variant: str, fingerprint: str, config: TrainConfig) -> str:
 
 def find_adapter(db: Database, adapter_id: str) -> dict[str, object] | None:
     with db.connect() as con:
-        cursor = con.execute("SELECT * FROM training.adapters WHERE adapter_id = ?", [adapter_id])
+        cursor = con.execute(SQL.find_adapter, [adapter_id])
         row = cursor.fetchone()
         columns = [c[0] for c in cursor.description]
     return None if row is None else dict(zip(columns, row, strict=True))
+
+
+def list_adapters(db: Database, dataset: str | None, every: bool) -> list[dict[str, object]]:
+    """The registry rows of training.adapters, each with `current` (whether it is its
+    variant's current adapter): of `dataset` (None: of all), the current ones only unless
+    `every`. Read-only."""
+    with db.connect(read_only=True) as con:
+        cursor = con.execute(SQL.list_adapters, [dataset, dataset, every])
+        columns = [c[0] for c in cursor.description]
+        return [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
+
+
+def selection_scorers(db: Database, dataset: str) -> list[str]:
+    """The students whose scores (selection.student_scores) selected the dataset's records
+    for the selective adapter, by name."""
+    with db.connect() as con:
+        return [r[0] for r in con.execute(SQL.selection_scorers, [dataset]).fetchall()]
 
 
 def plot_losses(losses: list[float], eval_loss: float | None, title: str, path: Path) -> None:
@@ -233,16 +244,12 @@ def train_or_reuse(
     record_ids = pl.DataFrame({"adapter_id": [adapter_id] * len(rows), "record_id": [r[0] for r in rows]})
     ledger = db.ledger()
     with db.transaction() as con:  # the ledger has every row before it commits
-        con.execute("DELETE FROM training.adapters WHERE adapter_id = ?", [adapter_id])
-        con.execute("DELETE FROM training.adapter_records WHERE adapter_id = ?", [adapter_id])
+        con.execute(SQL.delete_adapter, [adapter_id])
+        con.execute(SQL.delete_adapter_records, [adapter_id])
         ledger.delete("training.adapter_records", {"adapter_id": adapter_id}, sync=False)
-        columns = ", ".join(registry)
-        logged(
-            con, ledger, "training.adapters",
-            f"INSERT INTO training.adapters ({columns}) VALUES ({', '.join('?' * len(registry))})",
-            list(registry.values()),
-        )
-        con.execute("INSERT INTO training.adapter_records SELECT adapter_id, record_id FROM record_ids")
+        insert = SQL.format("insert_adapter", columns=", ".join(registry), params=", ".join("?" * len(registry)))
+        logged(con, ledger, "training.adapters", insert, list(registry.values()))
+        con.execute(SQL.insert_adapter_records)
         ledger.put("training.adapter_records", record_ids.to_dicts(), sync=False)
         set_current(con, db, dataset, variant, adapter_id)
     shutil.rmtree(staging, ignore_errors=True)  # its checkpoints are no longer needed
