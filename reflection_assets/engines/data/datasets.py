@@ -14,11 +14,13 @@ from reflection_assets.engines.data.sources import (
     detect_format,
     resolve_source,
 )
+from reflection_assets.engines.store.queries import queries
 from reflection_assets.engines.store.storage import Database
 from reflection_assets.errors import UserError
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 FIELD_ROLES = ("instruction", "input", "output")
+SQL = queries("data_datasets")
 
 
 class DatasetError(UserError):
@@ -84,24 +86,14 @@ class DatasetRegistry:
             )
         with self.db.transaction() as con:  # the ledger has the row before it commits
             logged(
-                con, self.db.ledger(), "registry.datasets",
-                """
-                INSERT INTO registry.datasets (name, source, format, field_map)
-                VALUES (?, ?, ?, ?)
-                ON CONFLICT (name) DO UPDATE SET source = excluded.source,
-                    format = excluded.format, field_map = excluded.field_map,
-                    updated_at = now()
-                """,
+                con, self.db.ledger(), "registry.datasets", SQL.upsert_dataset,
                 [name, source, fmt, json.dumps(spec.field_map, sort_keys=True)],
             )
         return spec
 
     def find(self, name: str) -> DatasetSpec | None:
         with self.db.connect() as con:
-            row = con.execute(
-                "SELECT name, source, format, field_map FROM registry.datasets WHERE name = ?",
-                [name],
-            ).fetchone()
+            row = con.execute(SQL.find_dataset, [name]).fetchone()
         return None if row is None else DatasetSpec(row[0], row[1], row[2], json.loads(row[3]))
 
     def get(self, name: str) -> DatasetSpec:
@@ -116,7 +108,5 @@ class DatasetRegistry:
 
     def list(self) -> list[DatasetSpec]:
         with self.db.connect() as con:
-            rows = con.execute(
-                "SELECT name, source, format, field_map FROM registry.datasets ORDER BY name"
-            ).fetchall()
+            rows = con.execute(SQL.list_datasets).fetchall()
         return [DatasetSpec(r[0], r[1], r[2], json.loads(r[3])) for r in rows]

@@ -14,9 +14,12 @@ from pathlib import Path
 import polars as pl
 
 from reflection_assets.engines.data.shards import written_shards
+from reflection_assets.engines.store.queries import queries
 from reflection_assets.engines.store.storage import Database
 from reflection_assets.method.layouts import user_turn
 from reflection_assets.errors import UserError
+
+SQL = queries("data_export")
 
 EXPORT_FORMATS = ("alpaca", "jsonl", "sharegpt", "parquet", "dpo")
 # Preference pairs: from the recycled records, or from those the student kept.
@@ -62,13 +65,12 @@ def load_rows(db: Database, dataset: str, stage: str, shard_count: int) -> tuple
     """The stage's rows, the shards it has not been materialized for, and how many of the
     shards it was materialized for hold no row (a small dataset leaves shards empty)."""
     if stage in INSPECTION_STAGES:
-        view = INSPECTION_STAGES[stage][0]
-        sql = (f"SELECT {', '.join(INSPECTION_COLUMNS[stage])}, shard FROM {view} WHERE dataset = ? "
-               "ORDER BY source_row, record_id, variant")
+        sql = SQL.format("inspection_rows", columns=", ".join(INSPECTION_COLUMNS[stage]),
+                         view=INSPECTION_STAGES[stage][0])
+    elif stage == "raw":  # raw records have no provenance column: all are 'original'
+        sql = SQL.raw_rows
     else:
-        provenance = "'original'" if stage == "raw" else "provenance"
-        sql = (f"SELECT record_id, instruction, input, output, {provenance} AS provenance, shard "
-               f"FROM {STAGES[stage]} WHERE dataset = ? ORDER BY source_row, record_id")
+        sql = SQL.format("stage_rows", table=STAGES[stage])
     with db.connect() as con:
         frame = con.execute(sql, [dataset]).pl()
         written = written_shards(con, _asset(stage), dataset)
@@ -83,28 +85,6 @@ def _coverage(frame: pl.DataFrame, written: dict[int, int], shard_count: int) ->
     return missing, sum(1 for s in written if s not in present and s < shard_count)
 
 
-# Every record whose answer phase 2 rewrote while its instruction stayed the original's (the
-# pair reflected was the original: variant `original`, or the chain's where phase 1 kept the
-# pair), once: the oracle's answer is chosen, the original's rejected. For `selective`, only
-# the records the student kept in that form (kind `response`).
-PAIRS_SQL = """
-SELECT record_id, variant, instruction, input, chosen, rejected, shard FROM (
-    SELECT r.record_id, r.variant, r.instruction, r.input, r.better_output AS chosen, o.output AS rejected,
-           r.shard, o.source_row,
-           row_number() OVER (PARTITION BY r.record_id ORDER BY r.variant = 'original' DESC, r.variant) AS nth
-    FROM reflect.responses AS r
-    JOIN raw.records AS o ON o.dataset = r.dataset AND o.record_id = r.record_id
-    {selective}
-    WHERE r.dataset = ? AND r.base = 'original' AND r.replaced AND r.better_output <> o.output
-)
-WHERE nth = 1
-ORDER BY source_row, record_id
-"""
-KEPT_AS_RESPONSE = (
-    "JOIN selection.selective AS s ON s.dataset = r.dataset AND s.record_id = r.record_id AND s.kind = 'response'"
-)
-
-
 def _pairs_asset(stage: str) -> str:
     """The asset whose rows make a stage's pairs."""
     return "selective_dataset" if stage == "selective" else "reflected_responses"
@@ -114,8 +94,9 @@ def load_pairs(db: Database, dataset: str, stage: str, shard_count: int) -> tupl
     """The preference pairs (record_id, variant, prompt, chosen, rejected), the shards not
     materialized yet, and how many materialized shards hold no pair; as load_rows."""
     with db.connect() as con:
-        frame = con.execute(PAIRS_SQL.format(selective=KEPT_AS_RESPONSE if stage == "selective" else ""),
-                            [dataset]).pl()
+        # The recycled records' pairs; for `selective`, those the student kept in that form.
+        pairs_sql = SQL.selective_pairs if stage == "selective" else SQL.recycled_pairs
+        frame = con.execute(pairs_sql, [dataset]).pl()
         written = written_shards(con, _pairs_asset(stage), dataset)
     missing, empty = _coverage(frame, written, shard_count)
     prompts = [user_turn(i, x) for i, x in zip(frame["instruction"].to_list(), frame["input"].to_list())]

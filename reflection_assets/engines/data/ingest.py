@@ -16,6 +16,7 @@ from reflection_assets.engines.data.sources import (
     read_source,
     resolve_source,
 )
+from reflection_assets.engines.store.queries import queries
 from reflection_assets.engines.store.storage import Database
 from reflection_assets.method.digests import json_digest
 from reflection_assets.method.records import (
@@ -26,6 +27,8 @@ from reflection_assets.method.records import (
     shard_of,
     to_record,
 )
+
+SQL = queries("data_ingest")
 
 SOURCE_ROW_SCHEMA = {
     "shard": pl.Int32,
@@ -102,10 +105,7 @@ def stage_version(
     sha = fingerprint_source(path)
     version = json_digest([sha, fmt, spec.field_map, shard_count, max_record_chars, NORMALIZATION_VERSION], ascii=True)
     with db.connect() as con:
-        row = con.execute(
-            "SELECT rows_read FROM raw.source_versions WHERE dataset = ? AND version = ?",
-            [spec.name, version],
-        ).fetchone()
+        row = con.execute(SQL.staged_rows_read, [spec.name, version]).fetchone()
     if row is not None:
         return StagedVersion(spec.name, version, str(path), sha, fmt, row[0], parsed_now=False)
 
@@ -115,27 +115,10 @@ def stage_version(
     )
     with db.transaction() as con:
         # Another process may have staged the same version while this one parsed.
-        if con.execute(
-            "SELECT 1 FROM raw.source_versions WHERE dataset = ? AND version = ?",
-            [spec.name, version],
-        ).fetchone() is None:
+        if con.execute(SQL.version_staged, [spec.name, version]).fetchone() is None:
+            con.execute(SQL.insert_source_rows)  # reads the polars frame `frame`
             con.execute(
-                """
-                INSERT INTO raw.source_rows
-                    (dataset, version, shard, source_row, status, detail, record_id,
-                     instruction, input, output)
-                SELECT dataset, version, shard, source_row, status, detail, record_id,
-                       instruction, input, output
-                FROM frame
-                """
-            )
-            con.execute(
-                """
-                INSERT INTO raw.source_versions
-                    (dataset, version, source, source_path, source_sha256, format,
-                     shard_count, rows_read)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-                """,
+                SQL.insert_source_version,
                 [spec.name, version, spec.source, str(path), sha, fmt, shard_count, frame.height],
             )
     return StagedVersion(spec.name, version, str(path), sha, fmt, frame.height, parsed_now=True)
@@ -143,24 +126,13 @@ def stage_version(
 
 def point_shard(db: Database, dataset: str, shard: int, version: str) -> None:
     with db.connect() as con:
-        con.execute(
-            """
-            INSERT INTO raw.shard_versions (dataset, shard, version) VALUES (?, ?, ?)
-            ON CONFLICT (dataset, shard) DO UPDATE SET version = excluded.version,
-                materialized_at = now()
-            """,
-            [dataset, shard, version],
-        )
+        con.execute(SQL.point_shard, [dataset, shard, version])
 
 
 def shard_fingerprint(db: Database, dataset: str, shard: int) -> str:
     """Changes exactly when the shard's set of records changes: its Dagster data version."""
     with db.connect() as con:
-        value = con.execute(
-            "SELECT md5(coalesce(string_agg(record_id, ',' ORDER BY record_id), '')) "
-            "FROM raw.records WHERE dataset = ? AND shard = ?",
-            [dataset, shard],
-        ).fetchone()[0]
+        value = con.execute(SQL.shard_fingerprint, [dataset, shard]).fetchone()[0]
     return value[:16]
 
 
@@ -186,35 +158,11 @@ class ShardSummary:
 
 def shard_summary(db: Database, dataset: str, shard: int, preview_rows: int = 5) -> ShardSummary:
     with db.connect() as con:
-        rows = con.execute(
-            "SELECT count(*) FROM raw.records WHERE dataset = ? AND shard = ?", [dataset, shard]
-        ).fetchone()[0]
-        rejects = dict(
-            con.execute(
-                "SELECT reason, count(*) FROM raw.rejects WHERE dataset = ? AND shard = ? "
-                "GROUP BY reason ORDER BY reason",
-                [dataset, shard],
-            ).fetchall()
-        )
-        stats = con.execute(
-            """
-            SELECT avg(length(instruction)), median(length(instruction)), max(length(instruction)),
-                   avg(length(input)), median(length(input)), max(length(input)),
-                   avg(length(output)), median(length(output)), max(length(output))
-            FROM raw.records WHERE dataset = ? AND shard = ?
-            """,
-            [dataset, shard],
-        ).fetchone()
-        preview = con.execute(
-            "SELECT record_id, source_row, instruction, input, output FROM raw.records "
-            "WHERE dataset = ? AND shard = ? ORDER BY source_row LIMIT ?",
-            [dataset, shard, preview_rows],
-        ).pl()
-        reject_preview = con.execute(
-            "SELECT source_row, reason, detail FROM raw.rejects "
-            "WHERE dataset = ? AND shard = ? ORDER BY source_row LIMIT ?",
-            [dataset, shard, preview_rows],
-        ).pl()
+        rows = con.execute(SQL.shard_record_count, [dataset, shard]).fetchone()[0]
+        rejects = dict(con.execute(SQL.shard_reject_counts, [dataset, shard]).fetchall())
+        stats = con.execute(SQL.shard_length_stats, [dataset, shard]).fetchone()
+        preview = con.execute(SQL.shard_preview, [dataset, shard, preview_rows]).pl()
+        reject_preview = con.execute(SQL.shard_reject_preview, [dataset, shard, preview_rows]).pl()
     length_stats = {
         field: {
             "mean_chars": round(float(stats[i * 3] or 0), 1),

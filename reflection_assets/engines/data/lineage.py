@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from reflection_assets.engines.store.queries import queries
 from reflection_assets.engines.store.storage import Database
 from reflection_assets.errors import UserError
+
+SQL = queries("data_lineage")
 
 
 class LineageError(UserError):
@@ -32,9 +35,10 @@ def record_lineage(db: Database, record_id: str, dataset: str | None = None) -> 
     if len(record_id) < 6:
         raise LineageError(f"record id {record_id!r}: give at least 6 characters")
     with db.connect() as con:
-        where = "record_id LIKE ? || '%'" + (" AND dataset = ?" if dataset else "")
-        params = [record_id] + ([dataset] if dataset else [])
-        records = con.execute(f"SELECT * FROM lineage.records WHERE {where} ORDER BY dataset", params)
+        if dataset:
+            records = con.execute(SQL.records_in_dataset, [record_id, dataset])
+        else:
+            records = con.execute(SQL.records, [record_id])
         columns = [c[0] for c in records.description]
         rows = [dict(zip(columns, row, strict=True)) for row in records.fetchall()]
         if len({r["record_id"] for r in rows}) > 1:
@@ -42,30 +46,15 @@ def record_lineage(db: Database, record_id: str, dataset: str | None = None) -> 
             raise LineageError(f"{record_id!r} matches several records ({ids}…): give more characters")
         result = []
         for row in rows:
-            calls = con.execute(
-                "SELECT * FROM lineage.oracle_calls WHERE dataset = ? AND record_id = ? ORDER BY stage",
-                [row["dataset"], row["record_id"]],
-            )
+            calls = con.execute(SQL.record_oracle_calls, [row["dataset"], row["record_id"]])
             call_columns = [c[0] for c in calls.description]
             call_rows = [dict(zip(call_columns, c, strict=True)) for c in calls.fetchall()]
-            models = con.execute(
-                "SELECT * FROM lineage.record_models WHERE dataset = ? AND record_id = ? "
-                "ORDER BY trained_at, variant, benchmarked_at",
-                [row["dataset"], row["record_id"]],
-            )
+            models = con.execute(SQL.record_models, [row["dataset"], row["record_id"]])
             model_columns = [c[0] for c in models.description]
             model_rows = [dict(zip(model_columns, m, strict=True)) for m in models.fetchall()]
             key = [row["dataset"], row["record_id"]]
-            scores = _dicts(con.execute(
-                "SELECT variant, status, reason, ifd, r_ifd, ppl_output_condition, ppl_output_alone, "
-                "ppl_instruction_condition, ppl_instruction_alone FROM selection.student_scores "
-                "WHERE dataset = ? AND record_id = ? "
-                "ORDER BY list_position(['original', 'instruction', 'response', 'both'], variant)",
-                key,
-            ))
-            decision = _dicts(con.execute(
-                "SELECT kept, reason, cut_by_top_k, top_k FROM selection.decisions WHERE dataset = ? AND record_id = ?", key
-            ))
+            scores = _dicts(con.execute(SQL.record_scores, key))
+            decision = _dicts(con.execute(SQL.record_decision, key))
             result.append(RecordLineage(row, call_rows, model_rows, scores, decision[0] if decision else None))
     if not result:
         scope = f" in dataset {dataset!r}" if dataset else ""
@@ -77,19 +66,8 @@ def oracle_spend(db: Database, dataset: str) -> list[tuple[str, int, int, float]
     """(stage, calls answered, tokens, cost) behind the current rows of each reflection
     stage and the latest benchmark's judging; a reply shared by several records counts once."""
     with db.connect() as con:
-        reflection = con.execute(
-            "SELECT stage, count(DISTINCT request_key) FILTER (WHERE answered_at IS NOT NULL), "
-            "coalesce(sum(prompt_tokens + completion_tokens), 0), coalesce(sum(cost_usd), 0) "
-            "FROM (SELECT DISTINCT stage, request_key, answered_at, prompt_tokens, completion_tokens, cost_usd "
-            "      FROM lineage.oracle_calls WHERE dataset = ?) GROUP BY 1 ORDER BY 1",
-            [dataset],
-        ).fetchall()
-        judge = con.execute(
-            "SELECT 'judge (latest benchmark)', count(*), coalesce(sum(o.prompt_tokens + o.completion_tokens), 0), "
-            "coalesce(sum(o.cost_usd), 0) FROM (SELECT DISTINCT j.request_key FROM bench.judge_calls j "
-            "JOIN bench.latest l USING (run_id) WHERE l.dataset = ?) k JOIN oracle.replies o USING (request_key)",
-            [dataset],
-        ).fetchall()
+        reflection = con.execute(SQL.reflection_spend, [dataset]).fetchall()
+        judge = con.execute(SQL.judge_spend, [dataset]).fetchall()
     return [tuple(r) for r in reflection] + [tuple(r) for r in judge if r[1]]
 
 
@@ -99,13 +77,8 @@ def recycling_summary(db: Database, dataset: str) -> list[str]:
     names = {"both": "rewritten in both phases", "instruction_reflected": "in phase 1 only (new instruction and answer)",
              "response_reflected": "in phase 2 only (a better answer)", "original": "kept as they were"}
     with db.connect() as con:
-        recycled = dict(con.execute(
-            "SELECT provenance, count(*) FROM reflect.recycled WHERE dataset = ? GROUP BY 1", [dataset]
-        ).fetchall())
-        kept = dict(con.execute(
-            "SELECT coalesce(CASE WHEN cut_by_top_k THEN NULL ELSE kept END, 'none'), count(*) "
-            "FROM selection.decisions WHERE dataset = ? GROUP BY 1", [dataset]
-        ).fetchall())
+        recycled = dict(con.execute(SQL.recycled_provenance, [dataset]).fetchall())
+        kept = dict(con.execute(SQL.decision_counts, [dataset]).fetchall())
     lines = []
     if recycled:
         parts = ", ".join(f"{recycled[p]} {text}" for p, text in names.items() if recycled.get(p))

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import duckdb
 
+from reflection_assets.engines.store.queries import queries
 from reflection_assets.errors import UserError
+
+SQL = queries("data_shards")
 
 # Each record-level stage and the stage whose rows it reads.
 UPSTREAM = {
@@ -24,20 +27,12 @@ class ShardNotMaterialized(UserError):
 
 def mark_written(con: duckdb.DuckDBPyConnection, stage: str, dataset: str, shard: int, rows: int) -> None:
     """Record that `stage` wrote `rows` rows for the shard; call inside the stage's transaction."""
-    con.execute(
-        "INSERT INTO registry.stage_shards (stage, dataset, shard, rows) VALUES (?, ?, ?, ?) "
-        "ON CONFLICT (stage, dataset, shard) DO UPDATE SET rows = excluded.rows, written_at = now()",
-        [stage, dataset, shard, rows],
-    )
+    con.execute(SQL.mark_written, [stage, dataset, shard, rows])
 
 
 def written_shards(con: duckdb.DuckDBPyConnection, stage: str, dataset: str) -> dict[int, int]:
     """{shard: rows} of every shard `stage` has written for the dataset."""
-    return dict(
-        con.execute(
-            "SELECT shard, rows FROM registry.written_shards WHERE stage = ? AND dataset = ?", [stage, dataset]
-        ).fetchall()
-    )
+    return dict(con.execute(SQL.written_shards, [stage, dataset]).fetchall())
 
 
 def require_upstream(
