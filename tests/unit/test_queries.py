@@ -120,13 +120,17 @@ def test_modules_and_query_files_agree():
         assert statements <= names, f"sql/queries/{file}.sql has {sorted(statements - names)}, which {path} never runs"
 
 
+# What a `{part}` stands for where a name would not parse.
+FILLERS = {"assignments": "status = ?"}
+
+
 def test_every_query_parses_in_duckdb():
     """Each statement is one statement DuckDB can parse (its `{part}`s filled by a name)."""
     con = duckdb.connect()
     for file in sorted(QUERY_DIR.glob("*.sql")):
         found = queries(file.stem)
         for name, statement in found.statements.items():
-            filled = re.sub(r"(?<!\{)\{(\w+)\}(?!\})", "main.t", statement)
+            filled = re.sub(r"(?<!\{)\{(\w+)\}(?!\})", lambda m: FILLERS.get(m.group(1), "main.t"), statement)
             try:
                 con.extract_statements(filled)
             except duckdb.ParserException as exc:

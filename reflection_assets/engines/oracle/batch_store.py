@@ -15,8 +15,11 @@ from datetime import datetime
 import polars as pl
 
 from reflection_assets.engines.store.ledger import logged
+from reflection_assets.engines.store.queries import queries
 from reflection_assets.engines.store.storage import Database
 from reflection_assets.method.requests import OracleRequest
+
+SQL = queries("oracle_batch_store")
 
 LIVE = ("preparing", "validating", "in_progress", "finalizing", "cancelling")
 TERMINAL = ("completed", "failed", "expired", "cancelled")
@@ -90,57 +93,51 @@ class BatchStore:
         )
         with self.db.transaction() as con:
             logged(
-                con, self.ledger, "oracle.batches",
-                "INSERT INTO oracle.batches (batch_key, kind, role, base_url, model, dataset, stage, shard, requests, "
-                "attempt, retry_of, whole_retry, input_file_id, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                con, self.ledger, "oracle.batches", SQL.insert_batch,
                 [key, kind, role, base_url, model, scope.get("dataset"), scope.get("stage"), scope.get("shard"),
                  len(requests), attempt, retry_of, whole_retry, input_file_id, status],
             )
-            con.execute("INSERT OR IGNORE INTO oracle.batch_requests SELECT * FROM rows")
+            con.execute(SQL.insert_batch_requests)
             self.ledger.put("oracle.batch_requests", rows.to_dicts())
         return self.get(key)
 
     def update(self, batch_key: str, **values: object) -> None:
-        names = ", ".join(f"{name} = ?" for name in values)
+        assignments = ", ".join(f"{name} = ?" for name in values)
         with self.db.transaction() as con:
             logged(
-                con, self.ledger, "oracle.batches",
-                f"UPDATE oracle.batches SET {names}, updated_at = current_timestamp WHERE batch_key = ?",
+                con, self.ledger, "oracle.batches", SQL.format("update_batch", assignments=assignments),
                 [*values.values(), batch_key],
             )
 
     def delete(self, batch_key: str) -> None:
         with self.db.transaction() as con:
-            con.execute("DELETE FROM oracle.batch_requests WHERE batch_key = ?", [batch_key])
-            con.execute("DELETE FROM oracle.batches WHERE batch_key = ?", [batch_key])
+            con.execute(SQL.delete_batch_requests, [batch_key])
+            con.execute(SQL.delete_batch, [batch_key])
             self.ledger.delete("oracle.batch_requests", {"batch_key": batch_key}, sync=False)
             self.ledger.delete("oracle.batches", {"batch_key": batch_key})
 
     def get(self, batch_key: str) -> BatchRecord:
-        [record] = self._select("WHERE batch_key = ?", [batch_key])
+        [record] = self._select(SQL.format("batch", columns=COLUMNS), [batch_key])
         return record
 
-    def _select(self, where: str, params: list[object]) -> list[BatchRecord]:
+    def _select(self, statement: str, params: list[object]) -> list[BatchRecord]:
         with self.db.connect() as con:
-            rows = con.execute(f"SELECT {COLUMNS} FROM oracle.batches {where} ORDER BY created_at, batch_key", params).fetchall()
+            rows = con.execute(statement, params).fetchall()
         return [BatchRecord(*row) for row in rows]
 
     def uncollected(self, role: str, model: str, base_url: str | None) -> list[BatchRecord]:
         """API batches at this endpoint whose replies are not stored yet: live ones, and
         finished ones a killed run never collected."""
-        return self._select(
-            "WHERE kind = 'api' AND NOT collected AND role = ? AND model = ? AND base_url IS NOT DISTINCT FROM ?",
-            [role, model, base_url],
-        )
+        return self._select(SQL.format("uncollected_batches", columns=COLUMNS), [role, model, base_url])
 
     def listed(self, dataset: str | None = None) -> list[BatchRecord]:
-        return self._select("WHERE dataset = ?", [dataset]) if dataset else self._select("", [])
+        if dataset:
+            return self._select(SQL.format("batches_of_dataset", columns=COLUMNS), [dataset])
+        return self._select(SQL.format("all_batches", columns=COLUMNS), [])
 
     def keys_of(self, batch_key: str) -> list[str]:
         with self.db.connect() as con:
-            rows = con.execute(
-                "SELECT request_key FROM oracle.batch_requests WHERE batch_key = ? ORDER BY request_key", [batch_key]
-            ).fetchall()
+            rows = con.execute(SQL.batch_request_keys, [batch_key]).fetchall()
         return [row[0] for row in rows]
 
     def known_requests(self, keys: Iterable[str]) -> dict[str, OracleRequest]:
@@ -149,9 +146,7 @@ class BatchStore:
         if wanted.is_empty():
             return {}
         with self.db.connect() as con:
-            rows = con.execute(
-                "SELECT request_key, any_value(request_json) FROM oracle.batch_requests JOIN wanted USING (request_key) GROUP BY 1"
-            ).fetchall()
+            rows = con.execute(SQL.known_requests).fetchall()
         found = {}
         for key, text in rows:
             request = OracleRequest.from_canonical(json.loads(text))
@@ -162,12 +157,4 @@ class BatchStore:
     def mark_imported(self) -> None:
         """Exported files whose every request now has a reply."""
         with self.db.transaction() as con:
-            logged(
-                con, self.ledger, "oracle.batches",
-                """
-                UPDATE oracle.batches AS b SET status = 'imported', collected = true, updated_at = current_timestamp
-                WHERE b.kind = 'file' AND b.status = 'exported' AND NOT EXISTS (
-                    SELECT 1 FROM oracle.batch_requests AS q LEFT JOIN oracle.replies AS o USING (request_key)
-                    WHERE q.batch_key = b.batch_key AND o.request_key IS NULL)
-                """,
-            )
+            logged(con, self.ledger, "oracle.batches", SQL.mark_imported)

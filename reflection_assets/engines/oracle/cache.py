@@ -19,6 +19,7 @@ from datetime import datetime
 import polars as pl
 
 from reflection_assets.engines.store.ledger import finish_orphan, logged, orphans
+from reflection_assets.engines.store.queries import queries
 from reflection_assets.engines.oracle.journal import discard, journal_folder, orphaned_rows
 from reflection_assets.engines.oracle.replies import OracleReply
 from reflection_assets.engines.store.storage import Database
@@ -26,6 +27,8 @@ from reflection_assets.method.requests import OracleRequest
 from reflection_assets.method.served import ServedIdentity
 
 Flushed = Callable[[list[OracleReply]], None]
+
+SQL = queries("oracle_cache")
 
 REPLY_SCHEMA = {
     "request_key": pl.Utf8,
@@ -128,10 +131,7 @@ class OracleCache:
     def spend(self) -> list[Spend]:
         """Cached replies, tokens and cost per fingerprint (the oracle.spend view)."""
         with self.db.connect() as con:
-            rows = con.execute(
-                "SELECT fingerprint, model, replies, prompt_tokens + completion_tokens, cost_usd "
-                "FROM oracle.spend ORDER BY model, fingerprint"
-            ).fetchall()
+            rows = con.execute(SQL.spend).fetchall()
         return [Spend(*row) for row in rows]
 
     def baseline(self, backend: str, model: str, identity: ServedIdentity) -> ServedIdentity:
@@ -139,13 +139,10 @@ class OracleCache:
         there is none yet. Requests sent under it keep their pre-probe keys."""
         with self.db.transaction() as con:
             logged(
-                con, self.ledger, "oracle.served_baselines",
-                "INSERT OR IGNORE INTO oracle.served_baselines (backend, model, identity_json) VALUES (?, ?, ?)",
+                con, self.ledger, "oracle.served_baselines", SQL.record_baseline,
                 [backend, model, json.dumps(identity.as_metadata(), sort_keys=True)],
             )
-            (stored,) = con.execute(
-                "SELECT identity_json FROM oracle.served_baselines WHERE backend = ? AND model = ?", [backend, model]
-            ).fetchone()
+            (stored,) = con.execute(SQL.baseline, [backend, model]).fetchone()
         facts = json.loads(stored)
         first = ServedIdentity.from_metadata(facts)
         if first is None:  # not readable as an identity: the current one is taken as new
@@ -157,23 +154,14 @@ class OracleCache:
         """Rows not stored yet go in; returns how many did."""
         columns = ", ".join(REPLY_SCHEMA)
         with self.db.transaction() as con:
-            return len(con.execute(
-                f"INSERT OR IGNORE INTO oracle.replies ({columns}) SELECT {columns} FROM replies RETURNING request_key"
-            ).fetchall())
+            return len(con.execute(SQL.format("insert_new_replies", columns=columns)).fetchall())
 
     def lookup(self, keys: Iterable[str]) -> dict[str, OracleReply]:
         wanted = pl.DataFrame({"request_key": sorted(set(keys))}, schema={"request_key": pl.Utf8})
         if wanted.is_empty():
             return {}
         with self.db.connect() as con:
-            rows = con.execute(
-                """
-                SELECT r.request_key, r.fingerprint, r.reply_text, r.finish_reason,
-                       r.prompt_tokens, r.completion_tokens, r.cost_usd, r.latency_s, r.attempts,
-                       r.served_model, r.system_fingerprint, r.served_identity
-                FROM oracle.replies AS r JOIN wanted USING (request_key)
-                """
-            ).fetchall()
+            rows = con.execute(SQL.lookup).fetchall()
         return {
             row[0]: OracleReply(
                 request_key=row[0],
@@ -223,10 +211,10 @@ class OracleCache:
         with self.db.transaction() as con:
             if replies.height:
                 columns = ", ".join(REPLY_SCHEMA)
-                con.execute(f"INSERT OR IGNORE INTO oracle.replies ({columns}) SELECT {columns} FROM replies")
+                con.execute(SQL.format("insert_replies", columns=columns))
             if failures.height:
                 columns = ", ".join(FAILURE_SCHEMA)
-                con.execute(f"INSERT INTO oracle.failures ({columns}) SELECT {columns} FROM failures")
+                con.execute(SQL.format("insert_failures", columns=columns))
 
 
 class CacheWriter:

@@ -32,12 +32,15 @@ from reflection_assets.engines.oracle.pricing import price_for
 from reflection_assets.engines.oracle.replies import OracleReply
 from reflection_assets.engines.oracle.settings import OracleSettings
 from reflection_assets.engines.reflection.phases import PhaseResult, reflect_instructions, reflect_responses
+from reflection_assets.engines.store.queries import queries
 from reflection_assets.engines.store.storage import Database
 from reflection_assets.errors import UserError
 from reflection_assets.method.profiles import profile
 from reflection_assets.method.prompts import NEW_ANSWER, NEW_INSTRUCTION
 from reflection_assets.method.records import Record
 from reflection_assets.method.requests import OracleRequest
+
+SQL = queries("planning_estimate")
 
 ESTIMATE_STAGES = ("reflected_instructions", "reflected_responses")
 JUDGE_STAGE = "benchmark_scores"  # its judge's requests
@@ -453,8 +456,7 @@ def observed_pace(db: Database, settings: OracleSettings, prompt_version: str) -
     does not grow as the batch does (benchmarks/local_batch.py)."""
     with db.connect() as con:
         rows = con.execute(
-            "SELECT epoch(created_at), latency_s FROM oracle.replies WHERE backend = ? AND model = ? "
-            "AND prompt_version = ? AND latency_s > 0 ORDER BY created_at DESC LIMIT 5000",
+            SQL.recent_replies,
             [settings.sampling.backend, settings.sampling.model, prompt_version],
         ).fetchall()
     if not rows:
@@ -476,10 +478,7 @@ def observed_pace(db: Database, settings: OracleSettings, prompt_version: str) -
 def dataset_pairs(db: Database, dataset: str) -> list[Record]:
     """Every raw pair of the dataset, shard by shard."""
     with db.connect() as con:
-        rows = con.execute(
-            "SELECT record_id, instruction, input, output FROM raw.records WHERE dataset = ? ORDER BY shard, record_id",
-            [dataset],
-        ).fetchall()
+        rows = con.execute(SQL.dataset_pairs, [dataset]).fetchall()
     return [Record(*row) for row in rows]
 
 
@@ -538,16 +537,13 @@ def observe_judge(make_observer: Callable[[], _Observer], db: Database, dataset:
     references = {h: p.reference for h, p in prompts.items() if p.reference}
     comparisons = comparisons_for([Model(n, n, "", "") for n in names], bool(references))
     with db.connect() as con:
-        current = dict(con.execute(
-            "SELECT variant, adapter_id FROM training.current_adapters WHERE dataset = ?", [dataset]).fetchall())
+        current = dict(con.execute(SQL.current_adapters, [dataset]).fetchall())
         stored = {}
         for name in names:
             key = current.get(name) if name != "base" else None
             if key:
-                stored[name] = dict(con.execute(
-                    "SELECT prompt_hash, arg_max(answer, created_at) FROM bench.answers WHERE model_key = ? GROUP BY ALL",
-                    [key]).fetchall())
-        mean_chars = con.execute("SELECT avg(length(answer)) FROM bench.answers").fetchone()[0]
+                stored[name] = dict(con.execute(SQL.stored_answers, [key]).fetchall())
+        mean_chars = con.execute(SQL.mean_answer_chars).fetchone()[0]
     width = round(mean_chars) if mean_chars else plan.max_new_tokens * 4
     answers = {
         name: {h: stored.get(name, {}).get(h) or f"[{name} {h}] ".ljust(width, "x") for h in prompts}
@@ -561,29 +557,11 @@ def observe_judge(make_observer: Callable[[], _Observer], db: Database, dataset:
     return _Observed(client.calls, units)
 
 
+# What this oracle answered before, by stage (sql/queries/planning_estimate.sql).
 _PRIOR_SQL = {
-    # a record of the stage: its first call's output, follow-ups asked, their cached output and count
-    "reflected_instructions": """
-        SELECT f.completion_tokens,
-               (t.answer_key IS NOT NULL)::INT + (t.repair_key IS NOT NULL)::INT,
-               coalesce(a.completion_tokens, 0) + coalesce(r.completion_tokens, 0),
-               (a.request_key IS NOT NULL)::INT + (r.request_key IS NOT NULL)::INT
-        FROM (SELECT DISTINCT request_key, answer_key, repair_key FROM reflect.instructions) AS t
-        JOIN oracle.replies AS f ON f.request_key = t.request_key
-        LEFT JOIN oracle.replies AS a ON a.request_key = t.answer_key
-        LEFT JOIN oracle.replies AS r ON r.request_key = t.repair_key
-        WHERE f.backend = ? AND f.model = ? AND f.prompt_version = ? LIMIT 20000""",
-    "reflected_responses": """
-        SELECT f.completion_tokens, (t.repair_key IS NOT NULL)::INT, coalesce(r.completion_tokens, 0),
-               (r.request_key IS NOT NULL)::INT
-        FROM (SELECT DISTINCT request_key, repair_key FROM reflect.responses) AS t
-        JOIN oracle.replies AS f ON f.request_key = t.request_key
-        LEFT JOIN oracle.replies AS r ON r.request_key = t.repair_key
-        WHERE f.backend = ? AND f.model = ? AND f.prompt_version = ? LIMIT 20000""",
-    # the judge's: one call an order, no follow-up
-    JUDGE_STAGE: """
-        SELECT completion_tokens, 0, 0, 0 FROM oracle.replies
-        WHERE backend = ? AND model = ? AND prompt_version = ? LIMIT 20000""",
+    "reflected_instructions": SQL.prior_reflected_instructions,
+    "reflected_responses": SQL.prior_reflected_responses,
+    JUDGE_STAGE: SQL.prior_judgments,
 }
 
 

@@ -20,7 +20,10 @@ import duckdb
 import polars as pl
 
 from reflection_assets.engines.store.ledger import TABLES, LedgerState, is_live, ledger_folder, read_ledger, segment_paths
+from reflection_assets.engines.store.queries import queries
 from reflection_assets.engines.store.storage import Database, DamagedStore, StorageError, store_lock
+
+SQL = queries("store_recovery")
 
 # What a rebuild leaves to be computed again, and how: none of it is paid.
 RECOMPUTED = (
@@ -48,13 +51,11 @@ def _describe(state: LedgerState) -> str:
 
 
 def _read_every_table(con: duckdb.DuckDBPyConnection) -> tuple[int, int]:
-    tables = con.execute(
-        "SELECT schema_name, table_name FROM duckdb_tables() WHERE database_name = current_database() ORDER BY ALL"
-    ).fetchall()
+    tables = con.execute(SQL.tables).fetchall()
     rows = 0
     for schema, table in tables:
         # hash(t) reads every column of every row: each block's checksum is verified.
-        count, _ = con.execute(f'SELECT count(*), sum(hash(t)) FROM "{schema}"."{table}" AS t').fetchone()
+        count, _ = con.execute(SQL.format("read_table", table=f'"{schema}"."{table}"')).fetchone()
         rows += count
     return len(tables), rows
 
@@ -76,7 +77,7 @@ def doctor(db: Database, backfill: bool = False) -> Checkup:
         with db.connect(read_only=True) as con:
             tables, rows = _read_every_table(con)
             stored = {
-                table: {tuple(row) for row in con.execute(f"SELECT {', '.join(keys)} FROM {table}").fetchall()}
+                table: {tuple(row) for row in con.execute(SQL.format("table_keys", keys=", ".join(keys), table=table)).fetchall()}
                 for table, keys in TABLES.items()
             }
     except (StorageError, duckdb.Error) as exc:
@@ -113,7 +114,7 @@ def _backfill(db: Database, unlogged: dict[str, set[tuple]]) -> None:
         for table, keys in unlogged.items():
             if not keys:
                 continue
-            cursor = con.execute(f"SELECT * FROM {table}")
+            cursor = con.execute(SQL.format("table_rows", table=table))
             names = [d[0] for d in cursor.description]
             columns = TABLES[table]
             rows = [dict(zip(names, row)) for row in cursor.fetchall()]
@@ -139,17 +140,14 @@ def _restore(con: duckdb.DuckDBPyConnection, table: str, rows: list[dict]) -> in
     if not rows:
         return 0
     schema, name = table.split(".")
-    types = dict(con.execute(
-        "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = ? AND table_name = ?",
-        [schema, name],
-    ).fetchall())
+    types = dict(con.execute(SQL.column_types, [schema, name]).fetchall())
     present = Counter(column for row in rows for column in row)
     columns = [c for c in types if present[c]]  # the others take their defaults
     frame = pl.DataFrame(  # noqa: F841 (read by DuckDB by its name below)
         {c: [_text(row.get(c)) for row in rows] for c in columns}, schema={c: pl.Utf8 for c in columns}
     )
     casts = ", ".join(f'CAST("{c}" AS {types[c]})' for c in columns)
-    con.execute(f"INSERT INTO {table} ({', '.join(columns)}) SELECT {casts} FROM frame")
+    con.execute(SQL.format("restore_rows", table=table, columns=", ".join(columns), casts=casts))
     return len(rows)
 
 
@@ -179,7 +177,7 @@ def rebuild(db: Database) -> Rebuilt:
             with db.transaction() as con:
                 restored = {table: _restore(con, table, state.rows(table)) for table in TABLES}
             with db.connect() as con:
-                con.execute("CHECKPOINT")
+                con.execute(SQL.checkpoint)
         finally:
             db.restoring = False
     finally:
