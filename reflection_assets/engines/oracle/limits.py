@@ -33,10 +33,11 @@ class AdaptiveConcurrency:
 
     The limit halves when 429s are sustained (at least `throttle_share` of the last
     `window` answers, beyond chance: see _sustained; with `min_samples` seen since the last
-    decrease and at most once per `cooldown_s`), and grows back by one per `limit` successes. Sporadic 429s are retried
-    after their Retry-After without shrinking the pool: halving on each one would settle at
-    about 2 x cooldown / latency requests in flight (measured: 10 instead of 64 at a 10%
-    random 429 rate), eight times slower than the server allows."""
+    decrease and at most once per `cooldown_s`), and grows back by one per `limit`
+    successes. Sporadic 429s are retried after their Retry-After without shrinking the
+    pool: halving on each one would settle at about 2 x cooldown / latency requests in
+    flight (measured: 10 instead of 64 at a 10% random 429 rate), eight times slower than
+    the server allows."""
 
     def __init__(
         self,
