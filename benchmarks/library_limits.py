@@ -37,11 +37,8 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.oracle_throughput import start_server  # noqa: E402
-from reflection_assets.engines.oracle.client import OracleClient  # noqa: E402
+from benchmarks.oracle_throughput import ours, start_server  # noqa: E402
 from reflection_assets.engines.oracle.limits import TokenBucket  # noqa: E402
-from reflection_assets.engines.oracle.settings import OracleSettings  # noqa: E402
-from reflection_assets.engines.store.storage import Database  # noqa: E402
 
 
 async def paced(take, give_back, window_s: float, estimate: int, used: int, latency_s: float) -> int:
@@ -80,15 +77,9 @@ async def aiolimiter_tpm(tpm: int, window_s: float, estimate: int, used: int, la
 
 
 def ours_retries(base_url: str, n: int, concurrency: int, folder: Path) -> tuple[int, str]:
-    settings = OracleSettings(
-        backend="openai", model="gpt-4o-mini", base_url=base_url, api_key="bench",
-        max_concurrency=concurrency, max_retries=10, progress_interval_s=3600,
-    )
-    client = OracleClient(settings, Database(folder / "store.duckdb"), folder)
-    requests = [client.request([("user", f"[ours] rewrite instruction number {i}")], "bench") for i in range(n)]
-    replies = list(client.complete_many(requests))
+    client = ours(base_url, n, concurrency, folder)  # oracle_throughput's: every request must succeed
     stats = client.stats
-    return sum(not r.ok for r in replies), (
+    return 0, (
         f"{stats.throttled} 429s seen and counted, {stats.retries} retries, "
         f"{stats.concurrency_decreases} concurrency decreases; replies stored"
     )
