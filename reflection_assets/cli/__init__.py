@@ -41,6 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ROLE=COLUMN",
         help="map a column to instruction, input or output (repeatable)",
     )
+    add.add_argument(
+        "--limit",
+        type=int,
+        metavar="N",
+        help="only the source's first N rows (a first look at a large dataset; `make demo` takes 48)",
+    )
     add.add_argument("--replace", action="store_true", help="re-point an existing name")
     add.set_defaults(func=cmd_datasets_add)
     lst = dsub.add_parser("list", help="list registered datasets")

@@ -14,10 +14,11 @@ def cmd_datasets_add(args: argparse.Namespace) -> int:
 
     registry = storage_resource().registry()
     spec = registry.add(
-        args.name, args.source, args.format, parse_field_map(args.field or []), args.replace
+        args.name, args.source, args.format, parse_field_map(args.field or []), args.replace, args.limit
     )
     sync_dataset_partitions(ensure_instance(), [spec.name])
-    print(f"dataset {spec.name}: {spec.source}" + (f" ({spec.format})" if spec.format else ""))
+    print(f"dataset {spec.name}: {spec.source}" + (f" ({spec.format})" if spec.format else "")
+          + (f", its first {spec.limit} rows" if spec.limit else ""))
     return 0
 
 
@@ -30,6 +31,7 @@ def cmd_datasets_list(args: argparse.Namespace) -> int:
     for spec in specs:
         extra = f"  format={spec.format}" if spec.format else ""
         extra += f"  fields={spec.field_map}" if spec.field_map else ""
+        extra += f"  limit={spec.limit}" if spec.limit else ""
         print(f"{spec.name:<{width}}  {spec.source}{extra}")
     return 0
 

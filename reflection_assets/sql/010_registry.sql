@@ -8,6 +8,8 @@ CREATE TABLE IF NOT EXISTS registry.datasets (
     added_at    TIMESTAMP NOT NULL DEFAULT current_timestamp,
     updated_at  TIMESTAMP NOT NULL DEFAULT current_timestamp
 );
+-- Only the first N rows of the source (`datasets add --limit N`); NULL = all of them.
+ALTER TABLE registry.datasets ADD COLUMN IF NOT EXISTS row_limit INTEGER;
 
 -- Evaluation test sets registered with `reflection testsets add NAME FILE`; the bundled
 -- prompts are always available as `bundled` and need no row here.

@@ -29,11 +29,12 @@ def test_register_list_and_run_one_shard(tmp_path):
     home = tmp_path / "home"  # created by the command, dagster.yaml included
     env = make_env(home)
     source = write_json(tmp_path / "d.json", alpaca_rows(30))
-    added = reflection("datasets", "add", "demo", str(source), env=env)
+    added = reflection("datasets", "add", "demo", str(source), "--limit", "30", env=env)  # all 30 rows
     assert added.returncode == 0, added.stderr
+    assert added.stdout.strip() == f"dataset demo: {source}, its first 30 rows"
     assert (home / "dagster.yaml").exists()
     listed = reflection("datasets", "list", env=env)
-    assert "demo" in listed.stdout and str(source) in listed.stdout
+    assert "demo" in listed.stdout and str(source) in listed.stdout and "limit=30" in listed.stdout
     run = reflection("run", "--dataset", "demo", "--select", "raw_dataset", "--shard", "01", env=env)
     assert run.returncode == 0, run.stderr
     assert "1 of 1 runs succeeded" in run.stdout and "raw_dataset:" in run.stdout
@@ -66,6 +67,8 @@ def test_user_errors_are_one_clear_line(tmp_path):
     assert "Traceback" not in missing.stderr
     bad_name = reflection("datasets", "add", "a|b", str(tmp_path), env=env)
     assert bad_name.returncode == 2 and "dataset name 'a|b'" in bad_name.stderr
+    no_rows = reflection("datasets", "add", "demo", str(tmp_path), "--limit", "0", env=env)
+    assert no_rows.returncode == 2 and "--limit 0: expected a number of rows from 1 up" in no_rows.stderr
     unknown = reflection("run", "--dataset", "ghost", env=env)
     assert unknown.returncode == 2 and "'ghost' is not registered" in unknown.stderr
     source = write_json(tmp_path / "d.json", alpaca_rows(5))

@@ -143,3 +143,41 @@ def test_an_edited_source_becomes_a_new_version(home, instance, tmp_path):
     assert query(home, "SELECT count(*) FROM raw.source_versions") == [(2,)]
     assert query(home, "SELECT count(*) FROM raw.records WHERE output = 'a corrected answer'") == [(1,)]
     assert query(home, "SELECT count(*) FROM raw.records") == [(20,)]
+
+
+def test_a_limit_takes_the_first_rows_and_a_new_limit_is_a_new_version(home, instance, tmp_path):
+    from reflection_assets.engines.data.datasets import DatasetError
+
+    rows = alpaca_rows(30)
+    source = write_json(tmp_path / "data.json", rows)
+    register(instance, "data", source)
+    assert all(o.success for o in materialize(instance, "data"))
+    version_without = query(home, "SELECT version FROM raw.source_versions")
+
+    # The same name with a limit is refused until --replace says so, and names what it has.
+    registry = StorageResource().registry()
+    try:
+        registry.add("data", str(source), limit=12)
+        raise AssertionError("a changed limit was accepted without --replace")
+    except DatasetError as exc:
+        assert "already registered" in str(exc) and "--replace" in str(exc)
+    for bad in (0, -3):
+        try:
+            registry.add("other", str(source), limit=bad)
+            raise AssertionError(f"limit {bad} was accepted")
+        except DatasetError as exc:
+            assert f"--limit {bad}: expected a number of rows from 1 up" in str(exc)
+
+    register(instance, "data", source, limit=12, replace=True)
+    assert registry.get("data").limit == 12
+    assert all(o.success for o in materialize(instance, "data"))
+    assert query(home, "SELECT count(*), max(source_row) FROM raw.records") == [(12, 12)]
+    assert {i for (i,) in query(home, "SELECT instruction FROM raw.records")} == {r["instruction"] for r in rows[:12]}
+    assert query(home, "SELECT count(*) FROM raw.source_versions") == [(2,)]
+
+    # Back to the whole file: the first version's rows come back, nothing re-parsed.
+    register(instance, "data", source, replace=True)
+    assert all(o.success for o in materialize(instance, "data"))
+    assert query(home, "SELECT count(*) FROM raw.records") == [(30,)]
+    assert query(home, "SELECT count(*) FROM raw.source_versions") == [(2,)]
+    assert version_without[0] in query(home, "SELECT version FROM raw.source_versions")

@@ -33,6 +33,8 @@ class DatasetSpec:
     source: str
     format: str | None = None
     field_map: dict[str, str] = field(default_factory=dict)
+    limit: int | None = None
+    """Only the source's first `limit` rows are read (a first look at a large dataset)."""
 
 
 def parse_field_map(pairs: list[str]) -> dict[str, str]:
@@ -59,6 +61,7 @@ class DatasetRegistry:
         fmt: str | None = None,
         field_map: dict[str, str] | None = None,
         replace: bool = False,
+        limit: int | None = None,
     ) -> DatasetSpec:
         if not NAME_PATTERN.match(name):
             raise DatasetError(
@@ -67,6 +70,8 @@ class DatasetRegistry:
             )
         if fmt is not None and fmt not in FORMATS:
             raise DatasetError(f"format {fmt!r}: expected one of {', '.join(FORMATS)}")
+        if limit is not None and limit < 1:
+            raise DatasetError(f"--limit {limit}: expected a number of rows from 1 up")
         if not source.startswith(BUNDLED_PREFIX):
             source = str(resolve_source(source).resolve())
         try:
@@ -77,24 +82,25 @@ class DatasetRegistry:
                 detect_format(path)  # fail now, not at the first materialization
         except SourceError as exc:
             raise DatasetError(str(exc)) from None
-        spec = DatasetSpec(name, source, fmt, dict(field_map or {}))
+        spec = DatasetSpec(name, source, fmt, dict(field_map or {}), limit)
         existing = self.find(name)
         if existing is not None and existing != spec and not replace:
             raise DatasetError(
-                f"dataset {name!r} is already registered with source {existing.source}; "
-                "pass --replace to point it at the new source"
+                f"dataset {name!r} is already registered with source {existing.source}"
+                + (f" (its first {existing.limit} rows)" if existing.limit else "")
+                + "; pass --replace to point it at the new source or settings"
             )
         with self.db.transaction() as con:  # the ledger has the row before it commits
             logged(
                 con, self.db.ledger(), "registry.datasets", SQL.upsert_dataset,
-                [name, source, fmt, json.dumps(spec.field_map, sort_keys=True)],
+                [name, source, fmt, json.dumps(spec.field_map, sort_keys=True), limit],
             )
         return spec
 
     def find(self, name: str) -> DatasetSpec | None:
         with self.db.connect() as con:
             row = con.execute(SQL.find_dataset, [name]).fetchone()
-        return None if row is None else DatasetSpec(row[0], row[1], row[2], json.loads(row[3]))
+        return None if row is None else _spec(row)
 
     def get(self, name: str) -> DatasetSpec:
         spec = self.find(name)
@@ -109,4 +115,8 @@ class DatasetRegistry:
     def list(self) -> list[DatasetSpec]:
         with self.db.connect() as con:
             rows = con.execute(SQL.list_datasets).fetchall()
-        return [DatasetSpec(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
+        return [_spec(r) for r in rows]
+
+
+def _spec(row: tuple) -> DatasetSpec:
+    return DatasetSpec(row[0], row[1], row[2], json.loads(row[3]), row[4])

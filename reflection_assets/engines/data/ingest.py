@@ -103,13 +103,17 @@ def stage_version(
         raise SourceError(f"{path}: no such file or folder (dataset {spec.name!r})")
     fmt = spec.format or detect_format(path)
     sha = fingerprint_source(path)
-    version = json_digest([sha, fmt, spec.field_map, shard_count, max_record_chars, NORMALIZATION_VERSION], ascii=True)
+    parts: list[object] = [sha, fmt, spec.field_map, shard_count, max_record_chars, NORMALIZATION_VERSION]
+    if spec.limit is not None:  # appended only when set: a dataset without one keeps its version
+        parts.append({"limit": spec.limit})
+    version = json_digest(parts, ascii=True)
     with db.connect() as con:
         row = con.execute(SQL.staged_rows_read, [spec.name, version]).fetchone()
     if row is not None:
         return StagedVersion(spec.name, version, str(path), sha, fmt, row[0], parsed_now=False)
 
-    frame = classify_rows(read_source(path, fmt), spec.field_map, shard_count, max_record_chars)
+    rows = read_source(path, fmt)
+    frame = classify_rows(rows[: spec.limit] if spec.limit else rows, spec.field_map, shard_count, max_record_chars)
     frame = frame.with_columns(
         pl.lit(spec.name).alias("dataset"), pl.lit(version).alias("version")
     )
