@@ -20,10 +20,12 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# The main job: the bundled sample through every stage, with the embedded model.
+# The main job: the bundled sample's first 48 records through every stage, with the embedded
+# model, tuned small (reflection_assets/data/demo.yaml). Without --limit and --config: all 128
+# records and every bundled prompt.
 demo: setup
-	$(BIN)/reflection datasets add sample bundled:sample
-	$(BIN)/reflection run --dataset sample
+	$(BIN)/reflection datasets add sample bundled:sample --limit 48 --replace
+	$(BIN)/reflection run --dataset sample --config reflection_assets/data/demo.yaml
 
 # Debian packages some tests need, installed when missing and apt can (as root or with
 # password-less sudo); without them, only those tests are skipped and say why.
