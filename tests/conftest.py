@@ -6,6 +6,12 @@ import os
 
 # Four shards keep each test to a few Dagster runs; read when the definitions load.
 os.environ.setdefault("REFLECTION_SHARDS", "4")
+# The suite's xdist workers share the cores: each model-loading process takes its share of
+# them instead of a thread per core (engines/settings.cpu_threads says why).
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    os.environ.setdefault(
+        "REFLECTION_THREADS", str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    )
 
 import json  # noqa: E402
 from pathlib import Path  # noqa: E402

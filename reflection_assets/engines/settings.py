@@ -48,6 +48,24 @@ def shard_count() -> int:
     return value
 
 
+def cpu_threads() -> int:
+    """CPU threads a process that runs a model uses (REFLECTION_THREADS, default every core;
+    the processes of one training share them). Set it where several such processes share
+    the cores, as the test suite's workers do: torch's threads spin while they wait, and two
+    processes with a thread per core each slow each other far more than twice."""
+    cores = max(1, os.cpu_count() or 1)
+    raw = os.environ.get("REFLECTION_THREADS")
+    if not raw:
+        return cores
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"REFLECTION_THREADS={raw!r}: expected a whole number of threads from 1") from None
+    if value < 1:
+        raise SettingsError(f"REFLECTION_THREADS={raw!r}: expected a whole number of threads from 1")
+    return value
+
+
 def pool_report_s() -> float:
     """How often a run waiting for a pool slot says who holds it (REFLECTION_POOL_REPORT_S,
     default 30 seconds)."""

@@ -148,3 +148,18 @@ def test_the_answers_backend_is_read_from_the_environment_and_checked():
         AnswersBackend.from_env({"REFLECTION_ANSWERS_BACKEND": "openai"})
     with pytest.raises(BenchmarkError, match="MAX_CONCURRENCY='0'"):
         AnswersBackend.from_env({"REFLECTION_ANSWERS_MAX_CONCURRENCY": "0"})
+
+
+def test_model_threads_default_to_every_core_and_a_bad_value_is_named(monkeypatch):
+    import os
+
+    from reflection_assets.engines.settings import SettingsError, cpu_threads
+
+    monkeypatch.delenv("REFLECTION_THREADS", raising=False)
+    assert cpu_threads() == max(1, os.cpu_count() or 1)
+    monkeypatch.setenv("REFLECTION_THREADS", "3")
+    assert cpu_threads() == 3
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv("REFLECTION_THREADS", bad)
+        with pytest.raises(SettingsError, match=f"REFLECTION_THREADS='{bad}': expected a whole number of threads from 1"):
+            cpu_threads()

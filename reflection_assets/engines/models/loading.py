@@ -11,6 +11,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+from reflection_assets.engines.settings import cpu_threads
 from reflection_assets.errors import UserError
 
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
@@ -108,12 +109,12 @@ def load_tokenizer(name_or_path: str, artifacts: str | Path):
 
 def load_causal_lm(name_or_path: str, artifacts: str | Path, dtype: str = "float32", threads: int | None = None, **options):
     """(model, tokenizer) in eval mode; the tokenizer pads on the left for generation.
-    `threads`: CPU threads for this process (all cores by default); `options` go to
+    `threads`: CPU threads for this process (engines/settings.cpu_threads by default); `options` go to
     from_pretrained (a quantization config, a device map)."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    torch.set_num_threads(threads or max(1, os.cpu_count() or 1))
+    torch.set_num_threads(threads or cpu_threads())
     source = resolve_model(name_or_path, artifacts)
     tokenizer = load_tokenizer(source, artifacts)
     try:

@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from reflection_assets.engines.settings import cpu_threads
 from reflection_assets.engines.student.training import (
     Example,
     TrainConfig,
@@ -253,7 +254,7 @@ def run_training(
     precision = _precision(config)
     checkpointing = cuda if config.gradient_checkpointing is None else config.gradient_checkpointing
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    threads = max(1, (os.cpu_count() or 1) // local_world)
+    threads = max(1, cpu_threads() // local_world)
     transformers.set_seed(config.seed)  # the LoRA weights' initialization, the same in every process
     model = _load_model(config, spec.artifacts, precision, checkpointing, threads)
     model.config.use_cache = False
