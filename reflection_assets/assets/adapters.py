@@ -28,10 +28,10 @@ from reflection_assets.engines.models.loading import model_identity
 from reflection_assets.engines.student.training import TrainConfig
 
 ALL_SHARDS_OF_DATASET = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="dataset")
-# The main job's small default: about half a minute per adapter on 2 CPU cores (12 steps of
-# 4 examples, a pass over the demo's 48 records). For a real run set max_steps to null (3
+# The main job's small default: about half a minute per adapter on 2 CPU cores (8 steps of
+# 4 examples, a pass over the demo's 32 records). For a real run set max_steps to null (3
 # epochs, as the paper).
-MAIN_JOB_MAX_STEPS = 12
+MAIN_JOB_MAX_STEPS = 8
 
 
 class _AdapterConfigBase(dg.Config):
