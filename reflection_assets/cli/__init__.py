@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--limit",
         type=int,
         metavar="N",
-        help="only the source's first N rows (a first look at a large dataset; `make demo` takes 48)",
+        help="only the source's first N rows (a first look at a large dataset; `make demo` takes 32)",
     )
     add.add_argument("--replace", action="store_true", help="re-point an existing name")
     add.set_defaults(func=cmd_datasets_add)
