@@ -93,11 +93,13 @@ def code_location_resources() -> dict[str, dg.ConfigurableResource]:
 
 
 def resource(name: str) -> dg.ConfigurableResource:
-    """The code location's resource `name` as a step gets it (dg.build_resources resolves
-    its EnvVars), built from the environment of now: the CLI's commands read the settings
-    the runs read, the same way, rather than constructing resources of their own."""
-    with dg.build_resources({name: code_location_resources()[name]}) as built:
-        return getattr(built, name)
+    """The code location's resource `name` as a step gets it (its EnvVars resolved and its
+    setup run), built from the environment of now: the CLI's commands read the settings the
+    runs read, the same way, rather than constructing resources of their own.
+    `process_config_and_initialize` rather than `dg.build_resources`, which makes an
+    ephemeral Dagster instance for each call: 0.1 s against 0.3 to 0.8 s, paid several times
+    by every `reflection` command."""
+    return code_location_resources()[name].process_config_and_initialize()
 
 
 defs = dg.Definitions(
