@@ -37,6 +37,50 @@ def test_the_embedded_model_answers_a_small_batch(home):
     assert all(r.cached for r in again.complete_many(requests)) and again.stats.sent == 0
 
 
+def test_the_converted_embedded_model_answers_what_it_knows(shared_artifacts):
+    """The conversion (loading.convert_llama_gguf) maps and de-permutes the GGUF's tensors
+    itself: a wrong name or rotary order would still load, then answer nonsense."""
+    from reflection_assets.engines.models.loading import shared_causal_lm
+
+    model, tokenizer = shared_causal_lm(EMBEDDED_NAME, shared_artifacts)
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+                                         tokenize=False, add_generation_prompt=True)
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    out = model.generate(ids, max_new_tokens=10, do_sample=False)
+    assert "Paris" in tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+@pytest.mark.slow
+def test_the_conversion_gives_what_transformers_gguf_loader_gives(tmp_path):
+    """Weights, config and generation config equal to transformers' own GGUF path
+    (from_pretrained with gguf_file, rebuilt from its config, save_pretrained)."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from reflection_assets.engines.models.loading import convert_llama_gguf, embedded_gguf
+
+    gguf = embedded_gguf()
+    ours = tmp_path / "ours"
+    ours.mkdir()
+    convert_llama_gguf(gguf, ours)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    config = loaded.config
+    config.architectures = ["LlamaForCausalLM"]
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    theirs = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    theirs.load_state_dict(loaded.state_dict())
+    theirs.generation_config.eos_token_id = config.eos_token_id
+    theirs.generation_config.pad_token_id = config.pad_token_id
+    theirs.save_pretrained(tmp_path / "theirs")
+    for name in ("config.json", "generation_config.json"):
+        assert json.loads((ours / name).read_text()) == json.loads((tmp_path / "theirs" / name).read_text()), name
+    a, b = load_file(ours / "model.safetensors"), load_file(tmp_path / "theirs" / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_resources_build_clients_from_the_environment(home, monkeypatch):
     monkeypatch.setenv("REFLECTION_ORACLE_BACKEND", "openai")
     monkeypatch.setenv("REFLECTION_ORACLE_MODEL", "gpt-4o-mini")

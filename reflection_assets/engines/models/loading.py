@@ -44,39 +44,111 @@ def embedded_gguf() -> Path:
 
 
 def embedded_model_dir(artifacts: str | Path) -> Path:
-    """The embedded model as a safetensors folder, converted on first use (~15 s)."""
+    """The embedded model as a safetensors folder, converted on first use (about 12 s on
+    2 cores; benchmarks/gguf_conversion.py)."""
     target = Path(artifacts) / "models" / f"{EMBEDDED_NAME}-{CONVERSION_VERSION}"
     if (target / "config.json").exists():
         return target
     with _convert_lock:
         if (target / "config.json").exists():
             return target
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
 
         gguf = embedded_gguf()
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        # A GGUF-loaded model refuses save_pretrained; rebuild it from config and weights.
-        config = loaded.config
-        config.architectures = ["LlamaForCausalLM"]
-        # The weights are dequantized now: without this, every later load would go through
-        # transformers' GGUF quantizer path as if they were still packed.
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        model.load_state_dict(loaded.state_dict())
-        model.generation_config.eos_token_id = tokenizer.eos_token_id
-        model.generation_config.pad_token_id = tokenizer.pad_token_id or tokenizer.eos_token_id
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
         try:
-            model.save_pretrained(staging)
+            convert_llama_gguf(gguf, staging)
             tokenizer.save_pretrained(staging)
             os.replace(staging, target)  # atomic: a half-written folder is never used
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+# A Llama GGUF tensor's name (within `blk.N.`) -> the transformers parameter it holds.
+_LLAMA_BLOCK_TENSORS = {
+    "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+_LLAMA_TOP_TENSORS = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+
+
+def convert_llama_gguf(gguf: Path, folder: Path) -> None:
+    """A Llama-architecture GGUF as a float32 safetensors folder (config, generation config,
+    weights; not the tokenizer), with the weights and config that
+    `AutoModelForCausalLM.from_pretrained(..., gguf_file=...)` then `save_pretrained` give
+    (a test compares them), in one read of the file. transformers reads the file twice for
+    the model and, in 5.x, rebuilds gguf's tensor-name table for every module (6 s of its
+    15 s here); and a GGUF-loaded model refuses `save_pretrained` until rebuilt from its
+    config, which costs a random initialisation of every weight."""
+    import numpy as np
+    import torch
+    from gguf import GGUFReader, dequantize
+    from safetensors.torch import save_file
+    from transformers import GenerationConfig, LlamaConfig
+
+    reader = GGUFReader(gguf)
+    arch = reader.fields["general.architecture"].contents()
+    if arch != "llama":
+        raise ModelError(f"{gguf}: a {arch} GGUF; only the llama architecture is converted here")
+
+    def field(key: str, default: object = None) -> object:
+        entry = reader.fields.get(key)
+        return entry.contents() if entry is not None else default
+
+    heads, kv_heads = field("llama.attention.head_count"), field("llama.attention.head_count_kv")
+    hidden = field("llama.embedding_length")
+    names = {t.name for t in reader.tensors}
+    config = LlamaConfig(
+        vocab_size=field("llama.vocab_size") or len(reader.fields["tokenizer.ggml.tokens"].data),
+        hidden_size=hidden,
+        intermediate_size=field("llama.feed_forward_length"),
+        num_hidden_layers=field("llama.block_count"),
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        head_dim=field("llama.rope.dimension_count", hidden // heads),
+        max_position_embeddings=field("llama.context_length"),
+        rms_norm_eps=field("llama.attention.layer_norm_rms_epsilon"),
+        rope_parameters={"rope_theta": field("llama.rope.freq_base", 10000.0), "rope_type": "default"},
+        tie_word_embeddings="output.weight" not in names,
+        bos_token_id=field("tokenizer.ggml.bos_token_id"),
+        eos_token_id=field("tokenizer.ggml.eos_token_id"),
+        pad_token_id=field("tokenizer.ggml.padding_token_id"),
+        unk_token_id=field("tokenizer.ggml.unknown_token_id"),
+        architectures=["LlamaForCausalLM"],
+        dtype="float32",
+        _model_name_or_path=field("general.name", ""),  # as transformers' GGUF reader names it
+    )
+
+    def unpermute(weights, n_head: int):
+        # llama.cpp's converter interleaves the rotary halves of q and k; undo it.
+        dim = weights.shape[0] // n_head // 2
+        return weights.reshape(n_head, dim, 2, *weights.shape[1:]).swapaxes(2, 1).reshape(weights.shape)
+
+    tensors = {}
+    for tensor in reader.tensors:
+        parts = tensor.name.split(".")
+        if parts[0] == "blk" and parts[2] in _LLAMA_BLOCK_TENSORS:
+            name = f"model.layers.{parts[1]}.{_LLAMA_BLOCK_TENSORS[parts[2]]}.{parts[-1]}"
+        elif parts[0] in _LLAMA_TOP_TENSORS:
+            name = f"{_LLAMA_TOP_TENSORS[parts[0]]}.{parts[-1]}"
+        else:
+            continue  # what transformers' Llama does not hold (rope_freqs)
+        weights = dequantize(tensor.data, tensor.tensor_type)
+        if parts[0] == "blk" and parts[2] == "attn_q":
+            weights = unpermute(weights, heads)
+        elif parts[0] == "blk" and parts[2] == "attn_k":
+            weights = unpermute(weights, kv_heads)
+        tensors[name] = torch.from_numpy(np.ascontiguousarray(weights, dtype=np.float32))
+    config.save_pretrained(folder)
+    generation = GenerationConfig.from_model_config(config)
+    generation.eos_token_id, generation.pad_token_id = config.eos_token_id, config.pad_token_id
+    generation.save_pretrained(folder)
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
 
 
 def resolve_model(name_or_path: str, artifacts: str | Path) -> str:
