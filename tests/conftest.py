@@ -22,6 +22,17 @@ import pytest  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
+# The end-to-end tests first and the unit tests last (each folder's tests in their order): the
+# workers of `make test` (xdist's worksteal, which takes from the end of a busy worker's queue)
+# then finish together, the long tests started early and the short ones filling the end,
+# rather than one worker running a two-minute test while the other has nothing left.
+FOLDER_ORDER = {"e2e": 0, "integration": 1, "unit": 2}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: FOLDER_ORDER.get(item.path.parent.name, 1))
+
+
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A temporary DAGSTER_HOME holding the dagster.yaml the package writes (SQLite); the
