@@ -115,6 +115,20 @@ def test_the_cli_gets_the_resources_the_runs_get_and_says_where_each_value_comes
     assert explicit == "resource"  # a value the environment did not give
 
 
+def test_a_whole_number_that_does_not_parse_is_one_line_naming_its_variable(monkeypatch):
+    """Dagster's own resolution of an int EnvVar stops with a traceback; the CLI's resource
+    leaves the field unset and the settings reader names the variable."""
+    from reflection_assets.definitions import resource
+    from reflection_assets.errors import SettingsError
+
+    monkeypatch.setenv("REFLECTION_ORACLE_MAX_CONCURRENCY", "abc")
+    monkeypatch.setenv("REFLECTION_STUDENT_MAX_LENGTH", "12x")
+    with pytest.raises(SettingsError, match=r"^REFLECTION_ORACLE_MAX_CONCURRENCY='abc': expected a number$"):
+        resource("oracle").settings()
+    with pytest.raises(SettingsError, match=r"REFLECTION_STUDENT_MAX_LENGTH='12x'"):
+        resource("student").settings_with_sources()
+
+
 def test_no_resource_is_built_outside_the_definitions():
     """The CLI and headless running take their resources from definitions.resource, not by
     constructing them with no arguments so that they read the environment themselves."""
