@@ -65,13 +65,18 @@ def dagster_dev(env: dict, startup_s: float = 180) -> Iterator[int]:
         stop_group(proc)
 
 
-def stop_group(process: subprocess.Popen) -> None:
-    """SIGTERM the process group a server was started in; SIGKILL it after 30 s."""
+def stop_group(process: subprocess.Popen, grace_s: float = 10) -> None:
+    """SIGTERM the process group a server was started in; SIGKILL it after `grace_s`. On
+    SIGTERM `dagster dev` waits up to 60 s for its daemon, which finishes the tick or run
+    launch it is in first: in CI (2 cores, two test workers) the UI test's teardown waited the
+    whole 30 s this allowed before. Nothing a test reads is written after it has finished, and
+    its DAGSTER_HOME is temporary."""
     os.killpg(process.pid, signal.SIGTERM)
     try:
-        process.wait(timeout=30)
+        process.wait(timeout=grace_s)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 LAUNCH = """
