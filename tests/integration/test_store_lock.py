@@ -119,6 +119,30 @@ def test_the_threads_of_one_process_share_its_hold(store):
     thread.join()
 
 
+def test_threads_opening_and_closing_at_once_never_see_a_damaged_store(store):
+    """One thread's open while another closes the hold's last connection found DuckDB's
+    instance half torn down: "Unique file handle conflict", reported as a damaged store (the
+    oracle client's writer thread beside a step's reads, in CI). Before the fix, three
+    threads of 300 opens each hit it in every try here."""
+    errors: list[BaseException] = []
+
+    def open_and_close():
+        db = Database(store)
+        try:
+            for _ in range(300):
+                with db.connect() as con:
+                    con.execute("SELECT count(*) FROM registry.testsets").fetchone()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_and_close) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors[0]
+
+
 def test_a_store_written_here_opens_read_only_in_another_process(store):
     with Database(store).transaction() as con:
         con.execute("INSERT INTO registry.testsets (name, source) VALUES ('one', 'bundled:x')")

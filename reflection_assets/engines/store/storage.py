@@ -100,6 +100,11 @@ class _StoreLock:
         self.bare_open_s = BARE_OPEN_S
         self.replay_s = 0.0  # the WAL replay the first open of this hold paid
         self.checkpoint_s: float | None = None
+        # DuckDB opens and closes of this file, one at a time in this process. A connect while
+        # another thread closes the last connection can find DuckDB's instance half torn
+        # down and open a second one, which refuses the file ("Unique file handle conflict":
+        # three threads opening and closing in a loop hit it within a few hundred opens).
+        self.handles = threading.Lock()
 
     def acquire(self, timeout_s: float, database: Path, read_only: bool = False) -> bool:
         """Take the store for this process (or join this process's hold) and say in which
@@ -227,13 +232,14 @@ class Database:
         """Where this store's paid work is also kept (engines/store/ledger.py)."""
         return ledger_for(self.path)
 
-    def _open(self, read_only: bool) -> tuple[duckdb.DuckDBPyConnection, float]:
+    def _open(self, read_only: bool, handles: threading.Lock) -> tuple[duckdb.DuckDBPyConnection, float]:
         deadline = time.monotonic() + self.lock_timeout_s
         delay = 0.05
         while True:
             try:
                 started = time.perf_counter()
-                con = duckdb.connect(str(self.path), read_only=read_only, config=self.config)
+                with handles:
+                    con = duckdb.connect(str(self.path), read_only=read_only, config=self.config)
                 return con, time.perf_counter() - started
             except duckdb.Error as exc:
                 if not (isinstance(exc, duckdb.IOException) and _is_lock_conflict(exc)):
@@ -304,7 +310,7 @@ class Database:
         read_only = lock.acquire(self.lock_timeout_s, self.path, read_only)
         try:
             first = lock.last()
-            con, open_s = self._open(read_only)
+            con, open_s = self._open(read_only, lock.handles)
             if first:
                 lock.bare_open_s = min(lock.bare_open_s, open_s)
                 lock.replay_s = open_s - lock.bare_open_s
@@ -333,7 +339,8 @@ class Database:
                 raise
             finally:
                 try:
-                    con.close()
+                    with lock.handles:
+                        con.close()
                 except duckdb.Error:
                     pass  # a damaged store may not close cleanly; what it said is raised above
         finally:
