@@ -148,12 +148,16 @@ def run_dataset_partition(
     return run_partitions(instance, defs, job_name, keys, [(dataset, dataset, None)], log_level, asset_config)
 
 
-def observe(instance: dg.DagsterInstance, defs: dg.Definitions) -> dict[str, dict]:
-    """Observe the oracle, the judge and the student now: {source: what the observation
-    recorded}, or {source: {"error": why, ...}} for one that failed, with its failure's
-    metadata (`probe_error` when the probe got no answer: its data version stays as it was)."""
+def observe(
+    instance: dg.DagsterInstance, defs: dg.Definitions, sources: Sequence[dg.AssetKey] | None = None
+) -> dict[str, dict]:
+    """Observe the oracle, the judge and the student now (or only `sources` of them):
+    {source: what the observation recorded}, or {source: {"error": why, ...}} for one that
+    failed, with its failure's metadata (`probe_error` when the probe got no answer: its data
+    version stays as it was)."""
     result = defs.resolve_job_def(OBSERVE_JOB).execute_in_process(
         instance=instance,
+        asset_selection=list(sources) if sources else None,
         raise_on_error=False,
         tags=cli_tags(),
         run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
@@ -173,11 +177,17 @@ def observe(instance: dg.DagsterInstance, defs: dg.Definitions) -> dict[str, dic
 def observe_sources(instance: dg.DagsterInstance, defs: dg.Definitions, keys: Sequence[dg.AssetKey]) -> None:
     """Observe the oracle and the judge before runs that call them, so each materialization's
     provenance names the oracle version it used (a stage cannot observe its own input before
-    Dagster records what it read). A settings error is left for the run itself to report; a
-    probe that failed is said, and the runs use what was last observed."""
+    Dagster records what it read). Only the sources the selected stages read are observed: a
+    recycling run probes neither the judge nor the student (loading torch for its dtype). A
+    settings error is left for the run itself to report; a probe that failed is said, and the
+    runs use what was last observed."""
     graph = defs.resolve_asset_graph()
-    if any(graph.get(parent).is_observable for key in keys for parent in graph.get(key).parent_keys):
-        for source, facts in observe(instance, defs).items():
+    sources = sorted(
+        {parent for key in keys for parent in graph.get(key).parent_keys if graph.get(parent).is_observable},
+        key=lambda k: k.to_user_string(),
+    )
+    if sources:
+        for source, facts in observe(instance, defs, sources).items():
             if "probe_error" in facts:
                 print(f"reflection: observing the {source} failed: {facts['error']}", file=sys.stderr)
 

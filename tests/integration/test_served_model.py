@@ -4,6 +4,8 @@ vLLM's `root`, Ollama's digest) under the same requested name. Unchanged, nothin
 after the swap exactly the shards made before it are stale, the automation requests them and
 their new replies name the new snapshot; a probe that fails marks nothing and says why."""
 
+import time
+
 import dagster as dg
 import pytest
 
@@ -156,9 +158,14 @@ def test_a_probe_that_fails_marks_nothing_and_says_why(home, tagged, server, mon
     said = capsys.readouterr()
     assert f"oracle   observation failed: probe of 'gpt-4o-mini' at {server.base_url}" in said.out
     probes = len(server.probes)
+    started = time.time()
     run(instance, shards=["01"])
     assert "reflection: observing the oracle failed: probe of" in capsys.readouterr().err
-    assert len(server.probes) == probes + 2 * 2  # the run's own observation (and retry), failed again
+    # The run's own observation of the oracle (a probe and its retry), failed again; the judge
+    # and the student, which recycling does not read, are not observed by it.
+    assert len(server.probes) == probes + 2
+    for source in ("judge", "student"):
+        assert instance.get_latest_data_version_record(dg.AssetKey(source), is_source=True).timestamp < started
 
 
 def test_the_probe_off_counts_only_our_settings(home, tagged, server, monkeypatch):  # noqa: F811
