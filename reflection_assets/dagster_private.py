@@ -14,25 +14,46 @@ tests/unit/test_dagster_private.py fails loudly when an upgrade moves any of the
   A custom executor cannot carry it: `execute_in_process`, which `reflection run` uses,
   replaces a job's executor with its own.
 - Dagster's own staleness resolver (what the UI shows), for `reflection status`.
+- One connection per SQLite event-log file, kept open (`install_pooled_event_log`). Dagster's
+  SQLite event log makes a SQLAlchemy engine, opens a connection and closes it for every
+  event it stores, and in WAL mode the last close of a file checkpoints it: 9 to 10 ms an
+  event here, a third of a shard's run (a run stores about 54; measured in a 16-shard
+  `reflection run`: 8.4 to 10.3 s of 27 to 31 s, pooled 4.6 to 4.7 s of 22). Patched, a
+  process keeps one engine per file (the index and its last few runs' files), and
+  checkpoints passively after each transaction: the UI follows a run's events by watching
+  the run's `.db` file (SqliteEventLogStorageWatchdog), which the WAL alone would leave
+  untouched. `wipe` and `dispose` close the engines first. Installed with install_pool_wait,
+  in the processes that execute runs; other processes keep Dagster's connection per event.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 
 import dagster as dg
+from sqlalchemy import create_engine
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.pool import QueuePool
 from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
 from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleCauseCategory, StaleStatus
 from dagster._core.execution.plan.active import ActiveExecution, _pool_key_for_step
 from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
+    INDEX_SHARD_NAME,
+    SQLITE_BUSY_TIMEOUT_SECONDS,
+    SqliteEventLogStorage,
+)
 from dagster._core.storage.partition_status_cache import AssetPartitionStatus
 from dagster._time import get_current_datetime
 from dagster._utils.interrupts import pop_captured_interrupt
 
 __all__ = [
+    "install_pooled_event_log",
     "AssetPartitionStatus",
     "CheckRunHealthResult",
     "StaleCauseCategory",
@@ -111,3 +132,64 @@ def stale_resolver(instance: dg.DagsterInstance, defs: dg.Definitions) -> Cachin
         asset_graph=graph,
     )
     return CachingStaleStatusResolver(instance=instance, asset_graph=graph, loading_context=view)
+
+
+# The run files a process keeps an engine for, besides the index: a run writes its own and
+# reads a few others (the runs before it, for data versions).
+POOLED_RUN_FILES = 4
+_original_sqlite = {name: getattr(SqliteEventLogStorage, name) for name in ("_connect", "wipe", "dispose")}
+
+
+def _engines(storage: SqliteEventLogStorage) -> OrderedDict[str, Engine]:
+    return storage.__dict__.setdefault("_reflection_engines", OrderedDict())
+
+
+def _close_engines(storage: SqliteEventLogStorage) -> None:
+    engines = _engines(storage)
+    while engines:
+        engines.popitem()[1].dispose()
+
+
+def install_pooled_event_log(run_files: int = POOLED_RUN_FILES) -> None:
+    """Patch Dagster's SQLite event log to keep one connection per file (see the module
+    docstring). Idempotent."""
+
+    @contextmanager
+    def _connect(self: SqliteEventLogStorage, shard: str) -> Iterator[Connection]:
+        with self._db_lock:
+            engines = _engines(self)
+            url = self.conn_string_for_shard(shard)
+            engine = engines.pop(url, None)
+            if engine is None:
+                # One connection kept; _initdb takes a few more while it holds one.
+                engine = create_engine(
+                    url, poolclass=QueuePool, pool_size=1, max_overflow=4,
+                    connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS, "check_same_thread": False},
+                )
+            engines[url] = engine  # the most recent last
+            index = self.conn_string_for_shard(INDEX_SHARD_NAME)
+            while len(engines) > run_files + (index in engines):
+                oldest = next(url for url in engines if url != index)
+                engines.pop(oldest).dispose()
+            if shard not in self._initialized_dbs:
+                self._initdb(engine)
+                self._initialized_dbs.add(shard)
+            with engine.connect() as conn:
+                with conn.begin():
+                    yield conn
+                # What the transaction wrote reaches the .db file, which the UI watches.
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def wipe(self: SqliteEventLogStorage) -> None:
+        with self._db_lock:
+            _close_engines(self)  # wipe deletes the run files: nothing may keep one open
+        _original_sqlite["wipe"](self)
+
+    def dispose(self: SqliteEventLogStorage) -> None:
+        with self._db_lock:
+            _close_engines(self)
+        _original_sqlite["dispose"](self)
+
+    SqliteEventLogStorage._connect = _connect  # type: ignore[method-assign]
+    SqliteEventLogStorage.wipe = wipe  # type: ignore[method-assign]
+    SqliteEventLogStorage.dispose = dispose  # type: ignore[method-assign]

@@ -11,7 +11,7 @@ import duckdb
 from dagster_duckdb import DuckDBResource
 from pydantic import Field, create_model
 
-from reflection_assets.dagster_private import install_pool_wait
+from reflection_assets.dagster_private import install_pool_wait, install_pooled_event_log
 from reflection_assets.engines.data.datasets import DatasetRegistry
 from reflection_assets.engines.oracle.batch import BatchScope
 from reflection_assets.engines.oracle.client import OracleClient
@@ -90,8 +90,11 @@ class StorageResource(DuckDBResource):
         executor's wait for a pool slot sleeps between polls, says who holds the slot and
         stops on SIGTERM / Ctrl-C (dagster_private.install_pool_wait: Dagster 1.13 polls
         without sleeping and swallows the interrupt). Done here, not when the definitions are
-        imported, so that loading them leaves Dagster as it was."""
+        imported, so that loading them leaves Dagster as it was. Also: Dagster's SQLite event
+        log keeps a connection per file instead of one per event
+        (dagster_private.install_pooled_event_log: a third of a shard's run)."""
         install_pool_wait(report_s=pool_report_s())
+        install_pooled_event_log()
 
     def database_path(self) -> str:
         return self.database or default_database()

@@ -7,6 +7,7 @@ import inspect
 import dagster as dg
 from dagster._core.execution.plan.active import ActiveExecution
 from dagster._core.execution.plan.instance_concurrency_context import InstanceConcurrencyContext
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage, SqliteEventLogStorageWatchdog
 
 from reflection_assets import dagster_private
 
@@ -79,6 +80,8 @@ def test_a_run_using_the_store_puts_the_pool_wait_in_place(monkeypatch, tmp_path
     from reflection_assets.assets.resources import StorageResource
 
     monkeypatch.setattr(ActiveExecution, "sleep_til_ready", dagster_private._original_sleep)
+    for name, original in dagster_private._original_sqlite.items():
+        monkeypatch.setattr(SqliteEventLogStorage, name, original)
 
     @dg.asset
     def uses_the_store(storage: StorageResource) -> None: ...
@@ -87,6 +90,32 @@ def test_a_run_using_the_store_puts_the_pool_wait_in_place(monkeypatch, tmp_path
     assert ActiveExecution.sleep_til_ready is dagster_private._original_sleep
     assert defs.resolve_implicit_global_asset_job_def().execute_in_process().success
     assert ActiveExecution.sleep_til_ready is not dagster_private._original_sleep
+    assert SqliteEventLogStorage._connect is not dagster_private._original_sqlite["_connect"]
+
+
+def test_the_sqlite_event_log_we_patch_still_connects_per_event():
+    # What install_pooled_event_log replaces: an engine and a connection per call, under the
+    # storage's lock, the file's schema made on its first use. If this fails, Dagster changed
+    # how it connects: check whether the patch is still needed, and still right.
+    source = inspect.getsource(dagster_private._original_sqlite["_connect"])
+    for line in ("with self._db_lock:", "conn_string = self.conn_string_for_shard(shard)", "poolclass=NullPool",
+                 "if shard not in self._initialized_dbs:", "self._initdb(engine)", "engine.dispose()"):
+        assert line in source, line
+    # The UI follows a run's events by watching the run's .db file, which the patch's passive
+    # checkpoint after each transaction keeps writing.
+    watchdog = inspect.getsource(SqliteEventLogStorageWatchdog.__init__)
+    assert "event_log_storage.path_for_shard(run_id)" in watchdog and "patterns=[self._log_path]" in watchdog
+    assert "os.unlink(filename)" in inspect.getsource(dagster_private._original_sqlite["wipe"])
+
+
+def test_install_pooled_event_log_is_idempotent(monkeypatch):
+    for name, original in dagster_private._original_sqlite.items():
+        monkeypatch.setattr(SqliteEventLogStorage, name, original)
+    dagster_private.install_pooled_event_log()
+    patched = SqliteEventLogStorage._connect
+    dagster_private.install_pooled_event_log()
+    assert SqliteEventLogStorage._connect.__qualname__ == patched.__qualname__
+    assert SqliteEventLogStorage.wipe is not dagster_private._original_sqlite["wipe"]
 
 
 def test_the_health_and_staleness_types(instance):
