@@ -52,6 +52,8 @@ from dagster._core.storage.partition_status_cache import AssetPartitionStatus
 from dagster._time import get_current_datetime
 from dagster._utils.interrupts import pop_captured_interrupt
 
+from reflection_assets.engines.store.queries import queries
+
 __all__ = [
     "install_pooled_event_log",
     "AssetPartitionStatus",
@@ -64,6 +66,7 @@ __all__ = [
     "stale_resolver",
 ]
 
+SQL = queries("sqlite_event_log")
 POLL_S = 0.5
 INTERRUPTED_WAITING = "interrupted (SIGTERM or Ctrl-C) while waiting for a pool slot"
 
@@ -178,7 +181,7 @@ def install_pooled_event_log(run_files: int = POOLED_RUN_FILES) -> None:
                 with conn.begin():
                     yield conn
                 # What the transaction wrote reaches the .db file, which the UI watches.
-                conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+                conn.exec_driver_sql(SQL.passive_checkpoint)
 
     def wipe(self: SqliteEventLogStorage) -> None:
         with self._db_lock:
