@@ -9,17 +9,24 @@ lock (polling every 1 to 20 ms) instead of failing on DuckDB's own lock, so run 
 the threads of one process share their process's hold, and the connections opened within
 one hold share one open of the file (`Database.held`: every open replays the WAL). Nothing here is held while a step
 waits on the network, trains, generates or scores: see benchmarks/store_write.py for what a
-write costs on a large store."""
+write costs on a large store.
+
+A process executing a run keeps the file open for a moment after its last connection closed
+(`Database.lingering`, LINGER_S), as long as no other process waits for it: a shard's run
+reads and writes the store a dozen times, tens of milliseconds apart, and each open costs
+15 to 30 ms. Another process's wait takes its turn (byte 0 of the lock), which the lingering
+process sees within LINGER_POLL_S and lets the store go; so does the run's own end."""
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import hashlib
 import os
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib import resources
 from importlib.resources.abc import Traversable
@@ -105,12 +112,21 @@ class _StoreLock:
         # down and open a second one, which refuses the file ("Unique file handle conflict":
         # three threads opening and closing in a loop hit it within a few hundred opens).
         self.handles = threading.Lock()
+        # The hold kept after the last connection closed (Database.lingering): a connection
+        # left open keeps DuckDB's open of the file, whose identity is checked before reuse.
+        self.lingering = 0  # runs of this process that keep the store open between accesses
+        self.anchor: duckdb.DuckDBPyConnection | None = None
+        self.anchor_file: tuple[int, int] | None = None
+        self.idle_until = 0.0
+        self.watcher: threading.Thread | None = None
+        self.opened = False  # whether the last acquire opened the file (not a lingering hold's)
 
     def acquire(self, timeout_s: float, database: Path, read_only: bool = False) -> bool:
         """Take the store for this process (or join this process's hold) and say in which
         mode to open it: DuckDB opens a file in one mode per process, so a read inside a
         hold that writes opens read-write, and a write waits for the reads open in other
-        threads to close."""
+        threads to close. A lingering hold is joined when its file is still the one at
+        `database`, its mode serves, and no other process waits for the store."""
         global _waited_s
         asked = time.monotonic()
         me = threading.get_ident()
@@ -119,14 +135,112 @@ class _StoreLock:
                 if me in self.readers:
                     raise RuntimeError(f"{database}: a write inside this thread's read-only connection")
                 self.guard.wait()
+            self.opened = False
             if self.count == 0:
-                self.fd = self._take(timeout_s, database)
-                self.read_only = read_only
+                if self.fd is not None and not self._reusable(database, read_only):
+                    self._let_go()
+                if self.fd is None:
+                    self.fd = self._take(timeout_s, database)
+                    self.read_only = read_only
+                    self.opened = True
             self.count += 1
             if self.read_only:
                 self.readers[me] = self.readers.get(me, 0) + 1
             _waited_s += time.monotonic() - asked
             return self.read_only
+
+    def _reusable(self, database: Path, read_only: bool) -> bool:
+        if self.anchor is None or (self.read_only and not read_only) or not self._turn_free():
+            return False
+        try:
+            st = os.stat(database)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == self.anchor_file
+
+    def _turn_free(self) -> bool:
+        """Whether no other process waits for the store (a waiter holds the turn)."""
+        try:
+            fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, self.TURN)
+        except OSError:
+            return False
+        fcntl.lockf(self.fd, fcntl.LOCK_UN, 1, self.TURN)
+        return True
+
+    def keep_open(self, connect: Callable[[], duckdb.DuckDBPyConnection], database: Path) -> None:
+        """Called as the last connection of a hold closes: while a run lingers, keep DuckDB's
+        open of the file with a connection of its own (`connect()`, made while the last one
+        is still open, so it shares the open: a cursor would not keep it), for the next
+        access of the run."""
+        with self.guard:
+            if not self.lingering or self.anchor is not None or self.count != 1:
+                return
+            try:
+                st = os.stat(database)
+            except OSError:
+                return
+            with self.handles:
+                self.anchor = connect()
+            self.anchor_file = (st.st_dev, st.st_ino)
+            if self.watcher is None:
+                self.watcher = threading.Thread(target=self._watch, name="store-linger", daemon=True)
+                self.watcher.start()
+
+    def linger(self, step: int) -> None:
+        """A run of this process starts (+1) or ends (-1) keeping the store open between its
+        accesses; when the last one ends, the store is let go now."""
+        with self.guard:
+            self.lingering = max(0, self.lingering + step)
+            if not self.lingering and self.count == 0 and self.fd is not None:
+                self._let_go()
+            self.guard.notify_all()
+
+    def forget_anchor(self) -> None:
+        """The file at the path was replaced: close the open of the old one."""
+        with self.guard:
+            if self.count == 0 and self.fd is not None:
+                self._let_go()
+            else:
+                self._close_anchor()
+
+    def _watch(self) -> None:
+        """Lets an idle lingering hold go once its time is up or another process waits."""
+        with self.guard:
+            while True:
+                if self.anchor is not None and self.count == 0 and self.fd is not None:
+                    if time.monotonic() >= self.idle_until or not self.lingering or not self._turn_free():
+                        self._let_go()
+                        continue
+                    self.guard.wait(LINGER_POLL_S)
+                else:
+                    self.guard.wait()
+
+    def _close_anchor(self) -> None:
+        if self.anchor is not None:
+            with self.handles:
+                try:
+                    self.anchor.close()
+                except duckdb.Error:
+                    pass  # a damaged store may not close cleanly; its users said so
+            self.anchor = None
+            self.anchor_file = None
+
+    def _let_go(self) -> None:
+        """Close the lingering open and give the store back (with the guard held, no
+        connection open)."""
+        self._close_anchor()
+        if self.fd is not None:
+            fcntl.lockf(self.fd, fcntl.LOCK_UN, 1, self.STORE)
+            os.close(self.fd)
+            self.fd = None
+        self.guard.notify_all()
+
+    def after_fork(self) -> None:
+        """A forked child holds none of its parent's locks: forget the parent's hold."""
+        self.guard = threading.Condition()
+        self.handles = threading.Lock()
+        self.count, self.fd, self.anchor, self.anchor_file, self.watcher = 0, None, None, None, None
+        self.readers, self.lingering = {}, 0
 
     def last(self) -> bool:
         """Whether the one connection open is the caller's: closing it closes DuckDB's file."""
@@ -173,15 +287,20 @@ class _StoreLock:
                 if not self.readers[me]:
                     del self.readers[me]
             if self.count == 0 and self.fd is not None:
-                fcntl.lockf(self.fd, fcntl.LOCK_UN, 1, self.STORE)
-                os.close(self.fd)
-                self.fd = None
+                if self.anchor is not None and self.lingering:
+                    self.idle_until = time.monotonic() + LINGER_S
+                else:
+                    self._let_go()
                 self.guard.notify_all()
 
 
 # A bare open of a store (no WAL to replay) measured 25 to 40 ms on 2 cores, whatever the
 # store's size; a faster one seen here lowers it.
 BARE_OPEN_S = 0.05
+# How long a run's process keeps the store open after its last access (if no other process
+# waits), and how often it looks for a waiter meanwhile: the wait another process may add.
+LINGER_S = 0.5
+LINGER_POLL_S = 0.005
 
 _waited_s = 0.0  # how long this process's connections waited for the store, in all
 
@@ -193,6 +312,22 @@ def store_wait_s() -> float:
 
 _store_locks: dict[str, _StoreLock] = {}
 _store_locks_guard = threading.Lock()
+
+
+def _after_fork() -> None:
+    global _store_locks_guard
+    _store_locks_guard = threading.Lock()
+    for lock in _store_locks.values():
+        lock.after_fork()
+
+
+def _let_all_go() -> None:
+    for lock in list(_store_locks.values()):
+        lock.linger(-lock.lingering)
+
+
+os.register_at_fork(after_in_child=_after_fork)
+atexit.register(_let_all_go)
 
 
 def store_lock(database: Path) -> _StoreLock:
@@ -286,6 +421,23 @@ class Database:
         """The file at this path was replaced: apply the schema again on the next write."""
         with _schema_lock:
             _schema_applied.discard(str(self.path.resolve()))
+        store_lock(self.path).forget_anchor()
+
+    @contextmanager
+    def lingering(self) -> Iterator[None]:
+        """Keep the store open between this process's accesses for the block (a run), as long
+        as no other process waits for it (see the module's docstring)."""
+        self.linger_start()
+        try:
+            yield
+        finally:
+            self.linger_stop()
+
+    def linger_start(self) -> None:
+        store_lock(self.path).linger(+1)
+
+    def linger_stop(self) -> None:
+        store_lock(self.path).linger(-1)
 
     def _check_not_lost(self) -> None:
         """A missing store beside a ledger that holds work was lost, not never made: making
@@ -309,7 +461,7 @@ class Database:
         lock = store_lock(self.path)
         read_only = lock.acquire(self.lock_timeout_s, self.path, read_only)
         try:
-            first = lock.last()
+            first = lock.last() and lock.opened
             con, open_s = self._open(read_only, lock.handles)
             if first:
                 lock.bare_open_s = min(lock.bare_open_s, open_s)
@@ -333,6 +485,9 @@ class Database:
                     else:
                         lock.checkpoint_s = time.perf_counter() - started
                         lock.replay_s = 0.0
+                # Only while a run lingers, after a clean close: the next access shares this open.
+                lock.keep_open(lambda: duckdb.connect(str(self.path), read_only=read_only, config=self.config),
+                               self.path)
             except duckdb.Error as exc:
                 if is_damage(exc):
                     raise DamagedStore(self.path, f"damaged ({exc})") from None
