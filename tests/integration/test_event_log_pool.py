@@ -1,7 +1,7 @@
 """Dagster's SQLite event log with one connection kept per file
 (dagster_private.install_pooled_event_log): runs store and read back their events, the UI's
-watch of a run still sees each new event, and a wipe or a disposed instance leaves no file
-open."""
+watch of a run still sees each new event, a wipe or a disposed instance leaves no file open,
+and new run files are written from the first one Dagster set up."""
 
 import os
 import time
@@ -9,7 +9,9 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
+from dagster._core.storage.event_log.sqlite import sqlite_event_log
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage, get_alembic_config
+from dagster._core.storage.sql import check_alembic_revision
 
 from reflection_assets import dagster_private
 
@@ -84,3 +86,28 @@ def test_a_wipe_keeps_no_deleted_file_open_and_runs_go_on(pooled, instance, home
     assert [f for f in open_files(home) if f.endswith(" (deleted)")] == []
     run_id = tiny.execute_in_process(instance=instance).run_id
     assert any(e.user_message == "hello from the op" for e in instance.all_logs(run_id))
+
+
+def test_new_run_files_come_from_the_first_one_dagster_set_up(pooled, tmp_path, monkeypatch):
+    calls = []
+    original = SqliteEventLogStorage._initdb
+
+    def counted(self, engine, for_index_shard=False):
+        calls.append(str(engine.url))
+        return original(self, engine, for_index_shard)
+
+    monkeypatch.setattr(SqliteEventLogStorage, "_initdb", counted)
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        ids = [tiny.execute_in_process(instance=instance).run_id for _ in range(4)]
+        run_files = [c for c in calls if not c.endswith("index.db")]
+        assert len(run_files) == 1 and ids[0] in run_files[0], calls  # the other three: the template
+        for run_id in ids:
+            assert instance.get_run_by_id(run_id).is_success
+            assert any(e.user_message == "hello from the op" for e in instance.all_logs(run_id))
+            assert not any(e.user_message == "hello from the op" and e.run_id != run_id for e in instance.all_logs(run_id))
+        # a template file is a Dagster run file of this version, as its own set-up leaves it
+        engine = instance.event_log_storage._reflection_engines[instance.event_log_storage.conn_string_for_shard(ids[-1])]
+        with engine.connect() as conn:
+            db_revision, head_revision = check_alembic_revision(get_alembic_config(sqlite_event_log.__file__), conn)
+            assert db_revision == head_revision and db_revision
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
