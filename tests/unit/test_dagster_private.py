@@ -101,10 +101,14 @@ def test_the_sqlite_event_log_we_patch_still_connects_per_event():
     for line in ("with self._db_lock:", "conn_string = self.conn_string_for_shard(shard)", "poolclass=NullPool",
                  "if shard not in self._initialized_dbs:", "self._initdb(engine)", "engine.dispose()"):
         assert line in source, line
-    # The UI follows a run's events by watching the run's .db file, which the patch's passive
-    # checkpoint after each transaction keeps writing.
+    # The UI follows a run's events by watching the run's .db file (only that file: the index
+    # is not checkpointed per event), which the patch's passive checkpoint keeps writing.
     watchdog = inspect.getsource(SqliteEventLogStorageWatchdog.__init__)
     assert "event_log_storage.path_for_shard(run_id)" in watchdog and "patterns=[self._log_path]" in watchdog
+    # A new run's file from the template replaces this set-up: tables, WAL mode, the stamp.
+    initdb = inspect.getsource(SqliteEventLogStorage._initdb)
+    for line in ("SqlEventLogStorageMetadata.create_all(engine)", 'PRAGMA journal_mode=WAL;', "stamp_alembic_rev("):
+        assert line in initdb, line
     assert "os.unlink(filename)" in inspect.getsource(dagster_private._original_sqlite["wipe"])
 
 
