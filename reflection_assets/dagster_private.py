@@ -26,12 +26,21 @@ tests/unit/test_dagster_private.py fails loudly when an upgrade moves any of the
   the bytes of the first one Dagster set up in the process (its `_initdb`: 50 to 60 ms a run).
   Installed with install_pool_wait, in the processes that execute runs; other processes keep
   Dagster's connection per event.
+- A thread, not processes, mirrors a step's captured output (`install_threaded_log_tail`).
+  Dagster's local compute log manager writes a step's stdout and stderr to files (what the
+  UI shows) and mirrors each file to where the stream went by starting `tail -F` and a
+  Python process that watches for the tail's orphaning: four processes for each capture
+  (an in-process run captures its steps once), two of them Python interpreters. Patched, a
+  thread of the run's process copies each file as it grows and, once the streams are
+  restored, what is left (Dagster's tail polls every second and can miss the last lines).
+  benchmarks/step_log_tail.py: 16 one-step runs, 3.51 s of CPU against 2.84 s (1.24x).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -44,6 +53,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import QueuePool
 from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
 from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleCauseCategory, StaleStatus
+from dagster._core.execution import compute_logs
 from dagster._core.execution.plan.active import ActiveExecution, _pool_key_for_step
 from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
@@ -232,3 +242,46 @@ def install_pooled_event_log(run_files: int = POOLED_RUN_FILES) -> None:
     SqliteEventLogStorage._connect = _connect  # type: ignore[method-assign]
     SqliteEventLogStorage.wipe = wipe  # type: ignore[method-assign]
     SqliteEventLogStorage.dispose = dispose  # type: ignore[method-assign]
+
+
+# How often the thread that mirrors a step's captured output looks for more.
+TAIL_POLL_S = 0.05
+_original_posix_tail = compute_logs.execute_posix_tail
+
+
+@contextmanager
+def _threaded_tail(path: str, stream) -> Iterator[tuple[None, None]]:
+    """What compute_logs.execute_posix_tail does (the file at `path`, as it grows, to where
+    `stream` goes before the step redirects it), in a thread of this process."""
+    out = os.dup(compute_logs._fileno(stream) or 1)
+    stop = threading.Event()
+
+    def copy() -> None:
+        with open(path, "rb") as source:
+            while True:
+                stopping = stop.is_set()
+                chunk = source.read(1 << 16)
+                if chunk:
+                    try:
+                        while chunk:
+                            chunk = chunk[os.write(out, chunk):]
+                    except OSError:
+                        return  # where the output went is gone (a closed pipe): the file keeps it
+                elif stopping:
+                    return
+                else:
+                    stop.wait(TAIL_POLL_S)
+
+    thread = threading.Thread(target=copy, name="compute-log-tail", daemon=True)
+    thread.start()
+    try:
+        yield (None, None)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+        os.close(out)
+
+
+def install_threaded_log_tail() -> None:
+    """Patch how a step's captured output is mirrored (see the module docstring). Idempotent."""
+    compute_logs.execute_posix_tail = _threaded_tail

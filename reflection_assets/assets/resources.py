@@ -11,7 +11,7 @@ import duckdb
 from dagster_duckdb import DuckDBResource
 from pydantic import Field, create_model
 
-from reflection_assets.dagster_private import install_pool_wait, install_pooled_event_log
+from reflection_assets.dagster_private import install_pool_wait, install_pooled_event_log, install_threaded_log_tail
 from reflection_assets.engines.data.datasets import DatasetRegistry
 from reflection_assets.engines.oracle.batch import BatchScope
 from reflection_assets.engines.oracle.client import OracleClient
@@ -92,11 +92,13 @@ class StorageResource(DuckDBResource):
         without sleeping and swallows the interrupt). Done here, not when the definitions are
         imported, so that loading them leaves Dagster as it was. Also: Dagster's SQLite event
         log keeps a connection per file instead of one per event
-        (dagster_private.install_pooled_event_log: a third of a shard's run), and the store
+        (dagster_private.install_pooled_event_log: a third of a shard's run), the run's captured
+        output is mirrored by a thread, not by four processes (install_threaded_log_tail), and the store
         stays open between the run's reads and writes while no other process waits for it
         (engines/store/storage.py: each open costs 15 to 30 ms, a shard's run makes a dozen)."""
         install_pool_wait(report_s=pool_report_s())
         install_pooled_event_log()
+        install_threaded_log_tail()
         self.db().linger_start()
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:

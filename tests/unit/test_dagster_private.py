@@ -112,6 +112,17 @@ def test_the_sqlite_event_log_we_patch_still_connects_per_event():
     assert "os.unlink(filename)" in inspect.getsource(dagster_private._original_sqlite["wipe"])
 
 
+def test_the_compute_log_tail_we_replace_is_still_looked_up_by_name():
+    # install_threaded_log_tail replaces the module's execute_posix_tail: tail_to_stream must
+    # still call it by that name, started before the step's stream is redirected to the file.
+    from dagster._core.execution import compute_logs
+
+    assert "execute_posix_tail(path, stream)" in inspect.getsource(compute_logs.tail_to_stream)
+    mirror = inspect.getsource(compute_logs.mirror_stream_to_file)
+    assert mirror.index("tail_to_stream(filepath, stream)") < mirror.index("redirect_to_file(stream, filepath)")
+    assert '"tail", "-F"' in inspect.getsource(dagster_private._original_posix_tail)
+
+
 def test_install_pooled_event_log_is_idempotent(monkeypatch):
     for name, original in dagster_private._original_sqlite.items():
         monkeypatch.setattr(SqliteEventLogStorage, name, original)
