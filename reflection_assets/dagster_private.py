@@ -22,8 +22,9 @@ tests/unit/test_dagster_private.py fails loudly when an upgrade moves any of the
   process keeps one engine per file (the index and its last few runs' files), and
   checkpoints a run's file passively after each transaction: the UI follows a run's events
   by watching the run's `.db` file (SqliteEventLogStorageWatchdog), which the WAL alone would
-  leave untouched; the index is never watched, and SQLite checkpoints it every 1,000 pages. `wipe` and `dispose` close the engines first. A new run's file is written from
-  the bytes of the first one Dagster set up in the process (its `_initdb`: 50 to 60 ms a run).
+  leave untouched; the index is never watched, and SQLite checkpoints it every 1,000 pages.
+  `wipe` and `dispose` close the engines first. A new run's file is written from the bytes
+  of the first one Dagster set up in the process (its `_initdb`: 50 to 60 ms a run).
   Installed with install_pool_wait, in the processes that execute runs; other processes keep
   Dagster's connection per event.
 - A thread, not processes, mirrors a step's captured output (`install_threaded_log_tail`).
@@ -183,12 +184,16 @@ def _create_from_template(storage: SqliteEventLogStorage, shard: str) -> bool:
     template = storage.__dict__.get("_reflection_run_template")
     if template is None:
         return False
+    path = storage.path_for_shard(shard)
+    written = f"{path}.{os.getpid()}-{threading.get_ident()}.new"
+    with open(written, "wb") as file:
+        file.write(template)
     try:
-        fd = os.open(storage.path_for_shard(shard), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        os.link(written, path)  # whole or not at all: another process never reads half a file
     except FileExistsError:
         return False
-    with os.fdopen(fd, "wb") as file:
-        file.write(template)
+    finally:
+        os.unlink(written)
     return True
 
 
@@ -279,7 +284,8 @@ def _threaded_tail(path: str, stream) -> Iterator[tuple[None, None]]:
     finally:
         stop.set()
         thread.join(timeout=30)
-        os.close(out)
+        if not thread.is_alive():  # one stuck on a full pipe keeps its descriptor
+            os.close(out)
 
 
 def install_threaded_log_tail() -> None:

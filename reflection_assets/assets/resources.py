@@ -92,10 +92,11 @@ class StorageResource(DuckDBResource):
         without sleeping and swallows the interrupt). Done here, not when the definitions are
         imported, so that loading them leaves Dagster as it was. Also: Dagster's SQLite event
         log keeps a connection per file instead of one per event
-        (dagster_private.install_pooled_event_log: a third of a shard's run), the run's captured
-        output is mirrored by a thread, not by four processes (install_threaded_log_tail), and the store
-        stays open between the run's reads and writes while no other process waits for it
-        (engines/store/storage.py: each open costs 15 to 30 ms, a shard's run makes a dozen)."""
+        (dagster_private.install_pooled_event_log: a third of a shard's run), the run's
+        captured output is mirrored by a thread, not by four processes
+        (install_threaded_log_tail), and the store stays open between the run's reads and
+        writes while no other process waits for it (engines/store/storage.py: each open costs
+        15 to 30 ms, a shard's run makes a dozen)."""
         install_pool_wait(report_s=pool_report_s())
         install_pooled_event_log()
         install_threaded_log_tail()
