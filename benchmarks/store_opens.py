@@ -30,7 +30,7 @@ import duckdb
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from reflection_assets.engines.store import storage  # noqa: E402
+from reflection_assets.engines.store import hold  # noqa: E402
 from reflection_assets.engines.store.storage import Database  # noqa: E402
 
 
@@ -87,7 +87,7 @@ def main() -> None:
                                  ("a connection each, checkpoint rule", False, True),
                                  ("one hold per step, no checkpoint rule", True, False),
                                  ("one hold per step, checkpoint rule (now)", True, True)):
-            storage._store_locks.clear()  # what this process learned about the store starts anew
+            hold._store_locks.clear()  # what this process learned about the store starts anew
             seconds, wal = steps(path, args.steps, args.reads, hold, rule, tag=f"{len(results)}-")
             results[name] = seconds
             print(f"  {name:<48} {seconds:7.1f} s  ({seconds / args.steps * 1000:6.1f} ms a step, "

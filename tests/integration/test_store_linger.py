@@ -12,7 +12,7 @@ import dagster as dg
 import duckdb
 import pytest
 
-from reflection_assets.engines.store import storage
+from reflection_assets.engines.store import hold, storage
 from reflection_assets.engines.store.storage import Database
 
 SPAWN = multiprocessing.get_context("spawn")
@@ -39,7 +39,7 @@ def db(tmp_path):
 
 
 def test_accesses_share_one_open_while_a_run_lingers_and_the_end_lets_the_store_go(db, monkeypatch):
-    monkeypatch.setattr(storage, "LINGER_S", 30.0)
+    monkeypatch.setattr(hold, "LINGER_S", 30.0)
     assert opened_each(db, 3) == [True, True, True]  # outside a run: an open per access
     lock = storage.store_lock(db.path)
     with db.lingering():
@@ -52,7 +52,7 @@ def test_accesses_share_one_open_while_a_run_lingers_and_the_end_lets_the_store_
 
 
 def test_the_idle_time_lets_the_store_go(db, monkeypatch):
-    monkeypatch.setattr(storage, "LINGER_S", 0.05)
+    monkeypatch.setattr(hold, "LINGER_S", 0.05)
     lock = storage.store_lock(db.path)
     with db.lingering():
         opened_each(db, 1)
@@ -74,7 +74,7 @@ def write_once(path: str, out) -> None:
 
 
 def test_another_process_waiting_takes_the_store_from_a_lingering_run(db, monkeypatch):
-    monkeypatch.setattr(storage, "LINGER_S", 60.0)  # only the waiter can make it let go
+    monkeypatch.setattr(hold, "LINGER_S", 60.0)  # only the waiter can make it let go
     lock = storage.store_lock(db.path)
     out = SPAWN.Queue()
     with db.lingering():
@@ -93,7 +93,7 @@ def test_another_process_waiting_takes_the_store_from_a_lingering_run(db, monkey
 
 
 def test_a_file_replaced_at_the_path_is_opened_anew(db, monkeypatch):
-    monkeypatch.setattr(storage, "LINGER_S", 60.0)
+    monkeypatch.setattr(hold, "LINGER_S", 60.0)
     with db.lingering():
         opened_each(db, 2)
         aside = db.path.with_name("aside.duckdb")
@@ -106,7 +106,7 @@ def test_a_file_replaced_at_the_path_is_opened_anew(db, monkeypatch):
 
 
 def test_a_file_replaced_unannounced_is_not_reused(db, monkeypatch):
-    monkeypatch.setattr(storage, "LINGER_S", 60.0)
+    monkeypatch.setattr(hold, "LINGER_S", 60.0)
     moved = db.path.with_name("moved.duckdb")
     with db.lingering():
         opened_each(db, 2)
@@ -126,7 +126,7 @@ def test_a_file_replaced_unannounced_is_not_reused(db, monkeypatch):
 def test_a_run_of_the_definitions_lets_the_store_go_when_it_ends(home, monkeypatch):
     from reflection_assets.assets.resources import StorageResource
 
-    monkeypatch.setattr(storage, "LINGER_S", 60.0)
+    monkeypatch.setattr(hold, "LINGER_S", 60.0)
     resource = StorageResource()
     seen = {}
 
