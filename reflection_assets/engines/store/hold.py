@@ -28,7 +28,6 @@ class StorageError(UserError):
     """The database cannot be opened or set up. The message is meant for the user."""
 
 
-
 class _StoreLock:
     """This process's hold on the store: taken by the first connection a thread of the
     process opens and given back when the last one closes.
