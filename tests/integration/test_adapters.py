@@ -208,3 +208,12 @@ def test_the_adapter_assets_through_dagster(home, instance, oracle, tmp_path, sh
     assert restored.restored["training.adapter_records"] == 2 * trained
     assert registry_rows() == before
 
+
+
+def test_models_load_without_the_hubs_kernels(tiny_student, shared_artifacts):
+    """transformers turns hub kernels on by default, which a GPU's first train() then fetches
+    from the hub (an H200 without the hub failed there); the package's models never use them."""
+    from reflection_assets.engines.models.loading import load_causal_lm
+
+    model, _ = load_causal_lm(str(tiny_student), shared_artifacts)
+    assert model.use_kernels is False

@@ -189,6 +189,12 @@ def load_causal_lm(name_or_path: str, artifacts: str | Path, dtype: str = "float
     torch.set_num_threads(threads or cpu_threads())
     source = resolve_model(name_or_path, artifacts)
     tokenizer = load_tokenizer(source, artifacts)
+    # transformers 5.2x turns hub kernels on by default: on a GPU, the model's first train()
+    # or eval() fetches kernels from the hub (kernels-community/rotary for a Llama), which
+    # fails on a machine without the hub ("could not verify publisher trust status", seen
+    # on an H200) and would run downloaded code where it has the hub. Nothing is downloaded
+    # at run time here.
+    options.setdefault("use_kernels", False)
     try:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype), **options)
     except OSError as exc:
