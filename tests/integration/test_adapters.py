@@ -128,6 +128,23 @@ def test_bad_input_fails_before_a_model_loads(tmp_path, tokenizer_only_model):
     assert not (tmp_path / "out" / trainer.MODEL).exists()
 
 
+def test_more_processes_than_gpus_are_refused_before_launch(monkeypatch):
+    """NCCL refuses two ranks on one GPU ("invalid usage", on an H200): the settings say so
+    first. Without CUDA, several processes share the CPUs over gloo, as the trainer tests run."""
+    from reflection_assets.engines.student.training import check_config
+
+    two = TrainConfig(launcher="torchrun", processes=2, batch_size=4)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    with pytest.raises(TrainingError, match=r"processes=2, but this host has 1 GPU \(CUDA_VISIBLE_DEVICES=3\): "
+                                            r"each training process takes a GPU of its own. Set processes to at most 1"):
+        check_config(two, gpus=1)
+    check_config(two, gpus=2)
+    check_config(two, gpus=0)
+    with pytest.raises(TrainingError, match="needs CUDA"):
+        check_config(TrainConfig(method="qlora"), gpus=0)
+    check_config(TrainConfig(method="qlora"), gpus=1)
+
+
 @pytest.mark.slow
 def test_training_lowers_the_loss_and_the_adapter_reloads(shared_artifacts, tmp_path):
     from peft import PeftModel

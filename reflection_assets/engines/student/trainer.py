@@ -42,6 +42,7 @@ from reflection_assets.engines.student.training import (
     build_examples,
     check_config,
     collate,
+    cuda_devices,
     resolve_template,
 )
 
@@ -222,8 +223,9 @@ def run_training(
     started = time.perf_counter()
     spec = TrainSpec.load(staging / SPEC)
     config = TrainConfig.from_dict(spec.config)
-    cuda = torch.cuda.is_available()
-    check_config(config, cuda)
+    gpus = cuda_devices()
+    cuda = gpus > 0
+    check_config(config, gpus)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world != config.processes:
         raise TrainingError(f"{world} training processes started, but the settings say processes={config.processes}")

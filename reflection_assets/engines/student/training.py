@@ -3,6 +3,7 @@ trainer itself is engines/student/trainer.py, run in a process of its own). No D
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -93,8 +94,18 @@ LAUNCHERS = ("python", "torchrun", "accelerate")
 PRECISIONS = ("auto", "float32", "bfloat16")
 
 
-def check_config(config: TrainConfig, cuda: bool | None = None) -> None:
-    """Settings that cannot work, refused before anything is loaded or launched."""
+def cuda_devices() -> int:
+    """The CUDA devices this process may use (CUDA_VISIBLE_DEVICES counts), 0 without CUDA.
+    Neither call starts a CUDA context: the step process that launches the trainer keeps no
+    GPU memory."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def check_config(config: TrainConfig, gpus: int | None = None) -> None:
+    """Settings that cannot work, refused before anything is loaded or launched. `gpus` is
+    this host's CUDA device count (cuda_devices() when None)."""
     if config.method not in METHODS:
         raise TrainingError(f"method {config.method!r}: expected one of {', '.join(METHODS)}")
     if config.launcher not in LAUNCHERS:
@@ -116,16 +127,23 @@ def check_config(config: TrainConfig, cuda: bool | None = None) -> None:
             raise TrainingError("accelerate_config is read by launcher accelerate only: set launcher to accelerate")
         if not Path(config.accelerate_config).is_file():
             raise TrainingError(f"accelerate_config {config.accelerate_config}: no such file")
-    if config.method == "qlora":
-        if cuda is None:
-            import torch
-
-            cuda = torch.cuda.is_available()
-        if not cuda:
-            raise TrainingError(
-                "method qlora loads the base in 4 bits with bitsandbytes, which needs CUDA: no CUDA device "
-                "here. Use method lora (or full) on this host, or train on a host with a GPU"
-            )
+    if gpus is None and (config.processes > 1 or config.method == "qlora"):
+        gpus = cuda_devices()
+    # With CUDA each process takes one GPU and NCCL refuses two on one device ("invalid
+    # usage", measured on one H200): say so before anything starts. Without CUDA, several
+    # processes share the CPUs over gloo.
+    if gpus and config.processes > gpus:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        raise TrainingError(
+            f"processes={config.processes}, but this host has {gpus} GPU{'s' if gpus > 1 else ''}"
+            + (f" (CUDA_VISIBLE_DEVICES={visible})" if visible is not None else "")
+            + f": each training process takes a GPU of its own. Set processes to at most {gpus}"
+        )
+    if config.method == "qlora" and not gpus:
+        raise TrainingError(
+            "method qlora loads the base in 4 bits with bitsandbytes, which needs CUDA: no CUDA device "
+            "here. Use method lora (or full) on this host, or train on a host with a GPU"
+        )
 
 
 @dataclass(frozen=True)
