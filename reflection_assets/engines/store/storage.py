@@ -33,6 +33,7 @@ from reflection_assets.engines.store.hold import (  # noqa: F401 - StorageError 
     store_wait_s,
 )
 from reflection_assets.engines.store.ledger import Ledger, ledger_for, ledger_folder, segment_paths
+from reflection_assets.engines.store.no_pandas import duckdb_scope, install as install_no_pandas
 from reflection_assets.engines.store.queries import queries
 
 SQL_PACKAGE = "reflection_assets"  # its sql/ folder is package data: any install has it
@@ -40,6 +41,7 @@ SQL = queries("store_storage")
 
 _schema_applied: set[str] = set()
 _schema_lock = threading.Lock()
+install_no_pandas()
 
 
 class DamagedStore(StorageError):
@@ -192,7 +194,13 @@ class Database:
     def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
         """A connection, open for the block. The first connection of a hold opens the file
         (and replays its WAL); connections opened while another of this process is open share
-        DuckDB's open file and cost a fraction of a millisecond (see held)."""
+        DuckDB's open file and cost a fraction of a millisecond (see held). DuckDB does not
+        import pandas for it (engines/store/no_pandas.py)."""
+        with duckdb_scope(), self._connect(read_only) as con:
+            yield con
+
+    @contextmanager
+    def _connect(self, read_only: bool) -> Iterator[duckdb.DuckDBPyConnection]:
         self._check_not_lost()
         if read_only and not self.path.exists():
             raise StorageError(f"{self.path}: no database yet; register a dataset first")
