@@ -54,8 +54,8 @@ postgres:
 	$(call apt_install,postgresql,ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1)
 
 # The tests run in one worker per core (at most 4; each worker's models take their share of
-# the cores, REFLECTION_THREADS in tests/conftest.py), the longest folders first and a worker
-# that runs out taking from another's queue (worksteal), then the few that time processes
+# the cores, REFLECTION_THREADS in tests/conftest.py), the longest modules first (tests/durations.json)
+# and a worker that runs out taking from another's queue (worksteal), then the few that time processes
 # side by side or bound a wait run alone, so that nothing else shares the machine with them.
 test: $(TEST_STAMP) browser postgres
 	$(BIN)/pytest -n auto --maxprocesses 4 --dist worksteal -m 'not slow and not serial'

@@ -22,15 +22,53 @@ import pytest  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
-# The end-to-end tests first and the unit tests last (each folder's tests in their order): the
-# workers of `make test` (xdist's worksteal, which takes from the end of a busy worker's queue)
-# then finish together, the long tests started early and the short ones filling the end,
-# rather than one worker running a two-minute test while the other has nothing left.
-FOLDER_ORDER = {"e2e": 0, "integration": 1, "unit": 2}
+# The longest test modules first, the shortest last, each module's tests together and in
+# their order (a module's fixtures, a PostgreSQL server or a `dagster dev`, are set up once
+# per worker that runs it): the workers of `make test` (xdist's worksteal, which takes from
+# the end of a busy worker's queue) then finish together, short tests filling the end,
+# rather than one worker running a 90-second test while the other has nothing left (by
+# folder, e2e first: one worker idle for the last 86 s of 688). A module's seconds are a
+# whole run's (tests/durations.json, written by `pytest --save-durations`); a module not in
+# it counts its folder's typical seconds per test.
+DURATIONS = Path(__file__).with_name("durations.json")
+FOLDER_DEFAULT_S = {"e2e": 10.0, "integration": 1.0, "unit": 0.1}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--save-durations", action="store_true",
+                     help="write each test module's seconds in this run (setup, call and teardown of its "
+                          "tests) into tests/durations.json, which orders the next runs longest first")
+
+
+def module_of(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    items.sort(key=lambda item: FOLDER_ORDER.get(item.path.parent.name, 1))
+    known = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}
+    guessed: dict[str, float] = {}
+    for item in items:
+        module = module_of(item.nodeid)
+        guessed[module] = guessed.get(module, 0.0) + FOLDER_DEFAULT_S.get(item.path.parent.name, 1.0)
+    # Stable: a module's tests keep their order.
+    items.sort(key=lambda item: -known.get(module_of(item.nodeid), guessed[module_of(item.nodeid)]))
+
+
+_measured: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    module = module_of(report.nodeid)
+    _measured[module] = _measured.get(module, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    # Only where every report arrives: the xdist controller, or a run without workers.
+    if not session.config.getoption("--save-durations") or hasattr(session.config, "workerinput"):
+        return
+    known = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}
+    known.update({module: round(seconds, 1) for module, seconds in _measured.items()})
+    DURATIONS.write_text(json.dumps(dict(sorted(known.items())), indent=1) + "\n")
 
 
 @pytest.fixture

@@ -30,9 +30,6 @@ from tests.conftest import REPO, alpaca_rows, write_json
 from tests.fakes import reflection_oracle
 from tests.fakes.openai_server import FakeOpenAI
 
-# They time processes side by side: nothing else may share the machine (make test runs them alone).
-pytestmark = pytest.mark.serial
-
 BIN = os.path.dirname(sys.executable)
 SHARDS = 4
 PER_SHARD = 96
@@ -85,6 +82,8 @@ def finish(process: subprocess.Popen, timeout: float = 600) -> str:
     return output
 
 
+# It times processes side by side: nothing else may share the machine (make test runs it alone).
+@pytest.mark.serial
 def test_four_shards_in_four_processes_run_side_by_side_and_readers_answer(tmp_path, monkeypatch):
     pool = alpaca_rows(3000)
     solo = rows_in_shards(pool[:1500], range(0, 1), PER_SHARD)
@@ -139,6 +138,7 @@ def test_four_shards_in_four_processes_run_side_by_side_and_readers_answer(tmp_p
     assert outcomes == Counter({"solo": PER_SHARD, "four": PER_SHARD * SHARDS})
 
 
+# Times nothing (A trains far longer than B takes): it runs beside the other tests.
 def test_a_dataset_reflects_while_another_trains(tmp_path, shared_artifacts, tiny_student):
     rows = alpaca_rows(200)
     config = tmp_path / "train.yaml"
