@@ -177,3 +177,33 @@ def test_model_threads_default_to_every_core_and_a_bad_value_is_named(monkeypatc
         monkeypatch.setenv("REFLECTION_THREADS", bad)
         with pytest.raises(SettingsError, match=f"REFLECTION_THREADS='{bad}': expected a whole number of threads from 1"):
             cpu_threads()
+
+
+def test_auto_precision_is_kept_per_cpu_and_torch_version(tmp_path, monkeypatch):
+    """`reflection status` and every run's observation put an in-process model's resolved
+    precision in its fingerprint; on a host without a GPU they read torch's answer from the
+    cache instead of importing torch. The answer is torch's, and a GPU host always asks."""
+    import subprocess
+    import sys
+
+    from reflection_assets.engines.oracle import settings
+    from tests.conftest import REPO
+
+    code = ("import sys; from reflection_assets.engines.oracle.settings import resolve_dtype; "
+            "print(resolve_dtype('auto'), 'torch' in sys.modules)")
+    env = {"PATH": "/usr/bin:/bin", "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    first, again = (subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=env,
+                                   timeout=120, check=True).stdout.split() for _ in range(2))
+    assert first == [settings._dtype_from_torch(), "True"]
+    assert again == [first[0], "False"]  # the same answer, without torch
+    assert [p.name.split("-")[0] for p in (tmp_path / "cache" / "reflection-assets").iterdir()] == ["dtype"]
+
+    asked = []
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(settings, "_GPU_DEVICES", (str(tmp_path),))  # a device file exists: ask every time
+    assert [settings.hardware_answer("dtype", lambda: asked.append(1) or "float32") for _ in range(2)] == ["float32"] * 2
+    assert len(asked) == 2
+    monkeypatch.setattr(settings, "_GPU_DEVICES", ())
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "unwritable" / "x"))
+    (tmp_path / "unwritable").write_text("a file, not a folder")
+    assert settings.hardware_answer("dtype", lambda: "float32") == "float32"  # only the import is lost

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 
 from reflection_assets.engines.oracle.kinds import BACKENDS, KINDS, BackendKind, kind_of
@@ -152,9 +152,16 @@ def env_settings(cls: type = OracleSettings) -> list[EnvSetting]:
 
 def resolve_dtype(dtype: str) -> str:
     """`auto`: bfloat16 where the hardware computes it natively (measured 2x faster
-    generation on this project's CPUs), float32 elsewhere."""
+    generation on this project's CPUs), float32 elsewhere. It is part of an in-process
+    model's fingerprint, which `reflection status` and every run's observation compute: on
+    a host without a GPU the answer is kept per CPU and torch version (hardware_answer), so
+    that they need not import torch (1.5 s of a 2-core machine) to know it."""
     if dtype != "auto":
         return dtype
+    return hardware_answer("dtype", _dtype_from_torch)
+
+
+def _dtype_from_torch() -> str:
     import torch
 
     if torch.cuda.is_available():
@@ -162,6 +169,60 @@ def resolve_dtype(dtype: str) -> str:
     supported = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
     amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
     return "bfloat16" if supported or amx else "float32"
+
+
+# Device files of a GPU that torch may use (NVIDIA, AMD's ROCm, WSL): where one exists,
+# what torch answers can change with drivers and CUDA_VISIBLE_DEVICES, so it is asked.
+_GPU_DEVICES = ("/dev/nvidiactl", "/dev/kfd", "/dev/dxg")
+
+
+def _cpu_host_key() -> str | None:
+    """What torch's answer on a host without a GPU depends on: the CPU (its model and the
+    flags the kernel reports) and torch's version. None where that cannot be known."""
+    import hashlib
+    import platform
+    from importlib import metadata
+
+    if any(os.path.exists(device) for device in _GPU_DEVICES):
+        return None
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            first = handle.read().split("\n\n", 1)[0]
+        version = metadata.version("torch")
+    except (OSError, metadata.PackageNotFoundError):
+        return None
+    cpu = [line for line in first.splitlines() if line.split(":", 1)[0].strip() in ("model name", "flags", "Features")]
+    if not cpu:
+        return None
+    return hashlib.sha256("\n".join([platform.machine(), version, *cpu]).encode()).hexdigest()[:16]
+
+
+def hardware_answer(name: str, ask: Callable[[], str]) -> str:
+    """`ask()` (which imports torch), kept in the user's cache folder per CPU and torch
+    version on a host without a GPU, and asked anew everywhere else; a cache that cannot be
+    read or written only costs the import."""
+    key = _cpu_host_key()
+    if key is None:
+        return ask()
+    folder = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "reflection-assets")
+    path = os.path.join(folder, f"{name}-{key}")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            kept = handle.read().strip()
+        if kept:
+            return kept
+    except OSError:
+        pass
+    answer = ask()
+    try:
+        os.makedirs(folder, exist_ok=True)
+        partial = f"{path}.{os.getpid()}.partial"
+        with open(partial, "w", encoding="utf-8") as handle:
+            handle.write(answer)
+        os.replace(partial, path)
+    except OSError:
+        pass
+    return answer
 
 
 def _read_env(prefix: str, environ: Mapping[str, str], cls: type = OracleSettings) -> dict[str, tuple[object, str]]:

@@ -10,7 +10,7 @@ pandas that does not come from a Python `import` (DuckDB's C++ asks through the 
 fails at once: DuckDB then takes pandas as absent for that value and asks again next time,
 caching nothing, so a later import of pandas by anyone makes it whole again. An import a
 Python module makes, inside a connection or not (`datasets` reading a source), goes on as
-usual. benchmarks/cli_pandas.py measures what it saves."""
+usual. benchmarks/command_imports.py measures what it saves."""
 
 from __future__ import annotations
 
