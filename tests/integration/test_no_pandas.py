@@ -34,7 +34,7 @@ def test_python_imports_of_pandas_go_on_and_duckdb_then_uses_it(tmp_path):
     """An `import pandas` inside a connection (a source read by `datasets`) works; DuckDB
     cached nothing against pandas, so a NaT parameter is a NULL once pandas is there."""
     out = python("""
-        import importlib, os, sys, threading
+        import importlib, importlib.util, os, sys
         from reflection_assets.engines.store.storage import Database
         db = Database(os.environ["STORE"])
         with db.connect() as con:
@@ -43,9 +43,10 @@ def test_python_imports_of_pandas_go_on_and_duckdb_then_uses_it(tmp_path):
             print(con.execute("SELECT ? IS NULL", [pandas.NaT]).fetchone()[0])
         del sys.modules["pandas"]
         with db.connect() as con:
+            print(importlib.util.find_spec("pandas").name)  # how libraries look for it
             print(importlib.import_module("pandas").__name__)
     """, tmp_path)
-    assert out.splitlines() == ["True", "pandas"]
+    assert out.splitlines() == ["True", "pandas", "pandas"]
 
 
 def test_without_the_guard_duckdb_imports_pandas(tmp_path):

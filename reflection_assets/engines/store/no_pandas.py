@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dis
 import importlib.abc
+import os
 import sys
 import threading
 from collections.abc import Iterator
@@ -27,12 +28,14 @@ _scope = threading.local()
 
 def _from_python_import(frame) -> bool:
     """Whether the first frame outside the import machinery asked for the import itself: an
-    `import` statement, or importlib.import_module (which lazy importers use)."""
-    while frame is not None and frame.f_code.co_filename.startswith("<frozen importlib"):
+    `import` statement, or importlib (import_module, which lazy importers use, or
+    util.find_spec, with which libraries look for an optional package)."""
+    while frame is not None and frame.f_code.co_filename.startswith("<frozen importlib._bootstrap"):
         frame = frame.f_back
     if frame is None:
         return True
-    if frame.f_code.co_filename.endswith(("importlib/__init__.py", "importlib\\__init__.py")):
+    where = frame.f_code.co_filename  # importlib.util is frozen too ("<frozen importlib.util>")
+    if where.startswith("<frozen importlib") or os.path.basename(os.path.dirname(where)) == "importlib":
         return True
     code = frame.f_code.co_code
     return 0 <= frame.f_lasti < len(code) and code[frame.f_lasti] == _IMPORT_NAME
