@@ -6,6 +6,7 @@ and the table of docs/oracle.md come from here (tests/unit/test_settings.py chec
 
 from __future__ import annotations
 
+import functools
 import os
 import typing
 from collections.abc import Callable, Mapping
@@ -158,6 +159,13 @@ def resolve_dtype(dtype: str) -> str:
     that they need not import torch (1.5 s of a 2-core machine) to know it."""
     if dtype != "auto":
         return dtype
+    return _auto_dtype()
+
+
+@functools.cache
+def _auto_dtype() -> str:
+    """Once per process: a local backend's settings build every request's sampling, and the
+    answer cannot change while the process runs."""
     return hardware_answer("dtype", _dtype_from_torch)
 
 
