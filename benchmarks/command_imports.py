@@ -1,6 +1,7 @@
 """What a command pays for imports it does not need: pandas for DuckDB's parameters
-(engines/store/no_pandas.py) and torch for the embedded model's precision in its
-fingerprint (engines/oracle/settings.py: hardware_answer).
+(engines/store/no_pandas.py), torch for the embedded model's precision in its
+fingerprint (engines/oracle/settings.py: hardware_answer), and Dagster with the definitions
+for a command that only reads the store (engines/store/location.py).
 
 DuckDB 1.5 imports pandas and numpy on a process's first query with a parameter, to compare
 the values with pandas' NaT and NA; the store never hands it a pandas object. And with the
@@ -11,7 +12,10 @@ one run, alternating, on a store with the bundled sample's first 32 records regi
 
 - `reflection datasets add … --replace` and `reflection status` as they are now;
 - the same with the precision asked of torch (the cache folder unusable);
-- the same with the pandas guard taken out as well, as every process ran before.
+- the same with the pandas guard taken out as well, as every process ran before;
+- `reflection datasets list`, `doctor` and `scores`, which only read the store, as they are
+  now (engines/store/location.py, without Dagster) and with the store taken from the
+  definitions' `storage` resource, as before 2026-12-04.
 
 Run: .venv/bin/python benchmarks/command_imports.py [--repeat 5]
 """
@@ -33,6 +37,13 @@ UNGUARDED = ("import sys; from reflection_assets.engines.store import no_pandas,
              "sys.meta_path.remove(no_pandas._FINDER); ")
 ADD = ["datasets", "add", "sample", "bundled:sample", "--limit", "32"]
 COMMANDS = ([*ADD, "--replace"], ["status"])
+STORE_ONLY = (["datasets", "list"], ["doctor"], ["scores"])
+# The handlers' store through the definitions, as before engines/store/location.py.
+THROUGH_DEFINITIONS = (
+    "import sys; import reflection_assets.cli; from reflection_assets.definitions import resource; "
+    "[setattr(m, 'storage_resource', lambda: resource('storage')) for n, m in list(sys.modules.items()) "
+    "if n.startswith('reflection_assets.cli.') and hasattr(m, 'storage_resource')]; "
+)
 
 
 def timed(code: str, env: dict) -> float:
@@ -65,6 +76,16 @@ def main() -> None:
             name = "reflection " + " ".join(argv[:2])
             print(f"  {name:24} now {now:.2f} s; precision from torch {torch:.2f} s ({torch / now:.2f}x); "
                   f"and pandas imported {both:.2f} s ({both / now:.2f}x)")
+        for argv in STORE_ONLY:
+            code = RUN.format(argv=argv)
+            timed(code, env)
+            runs = {"now": [], "definitions": []}
+            for _ in range(args.repeat):
+                runs["now"].append(timed(code, env))
+                runs["definitions"].append(timed(THROUGH_DEFINITIONS + code, env))
+            now, through = (statistics.median(runs[k]) for k in runs)
+            name = "reflection " + " ".join(argv[:2])
+            print(f"  {name:24} now {now:.2f} s; the store through the definitions {through:.2f} s ({through / now:.2f}x)")
 
 
 if __name__ == "__main__":

@@ -8,11 +8,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
-
-def one_line(value: object, width: int = 100) -> str:
-    """Text on one line (breaks shown as ⏎), cut to `width` characters."""
-    text = "" if value is None else str(value).replace("\n", " ⏎ ")
-    return text if len(text) <= width else text[: width - 1] + "…"
+from reflection_assets.engines.data.lineage import one_line
 
 
 # Polars dtypes by the type names Dagster's table metadata shows.

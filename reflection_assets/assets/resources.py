@@ -24,7 +24,8 @@ from reflection_assets.engines.oracle.settings import (
     env_settings,
     settings_with_sources,
 )
-from reflection_assets.engines.settings import default_artifacts, default_database, pool_report_s
+from reflection_assets.engines.settings import pool_report_s
+from reflection_assets.engines.store.location import LOCK_TIMEOUT_S, StoreLocation
 from reflection_assets.engines.store.storage import Database
 from reflection_assets.method.served import ServedIdentity
 
@@ -74,7 +75,7 @@ class StorageResource(DuckDBResource):
         "or $DAGSTER_HOME/artifacts.",
     )
     lock_timeout_s: float = Field(
-        default=300.0, description="How long one read or write waits for the store's lock held by another process."
+        default=LOCK_TIMEOUT_S, description="How long one read or write waits for the store's lock held by another process."
     )
 
     @classmethod
@@ -107,14 +108,19 @@ class StorageResource(DuckDBResource):
         other process waited for it (Database.lingering), is let go."""
         self.db().linger_stop()
 
+    def location(self) -> StoreLocation:
+        """These fields without Dagster: what the commands that only use the store take
+        (engines/store/location.py)."""
+        return StoreLocation(self.database, self.artifacts, self.lock_timeout_s, dict(self.connection_config))
+
     def database_path(self) -> str:
-        return self.database or default_database()
+        return self.location().database_path()
 
     def artifacts_path(self) -> str:
-        return self.artifacts or default_artifacts()
+        return self.location().artifacts_path()
 
     def db(self) -> Database:
-        return Database(self.database_path(), self.lock_timeout_s, self.connection_config)
+        return self.location().db()
 
     @contextmanager
     def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:

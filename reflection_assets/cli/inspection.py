@@ -120,8 +120,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_lineage(args: argparse.Namespace) -> int:
-    from reflection_assets.assets.metadata import one_line
-    from reflection_assets.engines.data.lineage import record_lineage
+    from reflection_assets.engines.data.lineage import one_line, record_lineage
 
     for chain in record_lineage(storage_resource().db(), args.record_id, args.dataset):
         r = chain.record

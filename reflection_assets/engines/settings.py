@@ -4,7 +4,8 @@ Defaults sit under ./dagster_home; REFLECTION_DUCKDB, REFLECTION_ARTIFACTS and D
 override them, for the CLI, the UI and the tests alike.
 
 Every other setting is a field of a Dagster resource (assets/resources.py, built by
-definitions.code_location_resources, which the CLI gets through definitions.resource). These
+definitions.code_location_resources, which the CLI gets through definitions.resource; the
+commands that only use the store take engines/store/location.py instead). These
 few cannot be: the shard count fixes the partitions when the definitions load, and the
 paths are where the instance and the store live before any resource is built (the storage
 resource's empty `database` and `artifacts` fields fall back to them)."""

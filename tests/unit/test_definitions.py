@@ -178,3 +178,25 @@ def test_loading_the_definitions_leaves_the_openai_sdk_unimported():
     code = "import sys, reflection_assets.definitions, reflection_assets.cli; print('openai' in sys.modules)"
     done = subprocess.run([sys.executable, "-W", "ignore", "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+def test_the_commands_that_only_read_the_store_leave_dagster_unimported(tmp_path):
+    """`datasets list`, `doctor`, `scores`, `adapters`, `lineage`, `export` and `batch list`
+    take the store without the definitions (engines/store/location.py): a second of each
+    command's start (benchmarks/command_imports.py)."""
+    import os
+    import subprocess
+    import sys
+
+    commands = [["datasets", "list"], ["doctor"], ["scores"], ["scores", "--json"], ["adapters"], ["batch", "list"],
+                ["testsets", "list"], ["lineage", "abcdef0"], ["export", "nope", "--format", "jsonl", "--out", str(tmp_path / "x.jsonl")]]
+    code = ("import sys; from reflection_assets.cli import main\n"
+            "for argv in {commands!r}:\n"
+            "    code = main(argv)\n"
+            "    assert code in (0, 2), (argv, code)\n"
+            "    assert 'dagster' not in sys.modules, argv\n"
+            "print('ok')").format(commands=commands)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REFLECTION_", "DAGSTER_"))}
+    env["DAGSTER_HOME"] = str(tmp_path / "home")
+    done = subprocess.run([sys.executable, "-W", "ignore", "-c", code], cwd=REPO, capture_output=True, text=True, env=env)
+    assert done.stdout.splitlines()[-1:] == ["ok"], done.stdout + done.stderr

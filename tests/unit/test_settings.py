@@ -115,6 +115,26 @@ def test_the_cli_gets_the_resources_the_runs_get_and_says_where_each_value_comes
     assert explicit == "resource"  # a value the environment did not give
 
 
+def test_the_commands_find_the_store_where_the_runs_find_it(monkeypatch, tmp_path):
+    """The commands that only use the store take engines/store/location.StoreLocation, not the
+    definitions' resource: the same database, artifacts, lock wait and connection settings,
+    whichever variables are set."""
+    from reflection_assets.cli.common import storage_resource
+    from reflection_assets.definitions import resource
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    for variables in ({}, {"REFLECTION_DUCKDB": str(tmp_path / "r.duckdb")},
+                      {"REFLECTION_DUCKDB": str(tmp_path / "s.duckdb"), "REFLECTION_ARTIFACTS": str(tmp_path / "a")}):
+        for name in ("REFLECTION_DUCKDB", "REFLECTION_ARTIFACTS"):
+            monkeypatch.delenv(name, raising=False)
+        for name, value in variables.items():
+            monkeypatch.setenv(name, value)
+        runs, command = resource("storage"), storage_resource()
+        assert (command.database_path(), command.artifacts_path()) == (runs.database_path(), runs.artifacts_path())
+        assert (command.lock_timeout_s, command.connection_config) == (runs.lock_timeout_s, runs.connection_config)
+        assert command.db().path == runs.db().path == Path(variables.get("REFLECTION_DUCKDB", tmp_path / "home" / "reflection.duckdb"))
+
+
 def test_a_whole_number_that_does_not_parse_is_one_line_naming_its_variable(monkeypatch):
     """Dagster's own resolution of an int EnvVar stops with a traceback; the CLI's resource
     leaves the field unset and the settings reader names the variable."""

@@ -12,6 +12,13 @@ from reflection_assets.errors import UserError
 SQL = queries("data_lineage")
 
 
+def one_line(value: object, width: int = 100) -> str:
+    """Text on one line (breaks shown as ⏎), cut to `width` characters: how `reflection
+    lineage` and the assets' metadata tables show a field."""
+    text = "" if value is None else str(value).replace("\n", " ⏎ ")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 class LineageError(UserError):
     """No such record. The message is meant for the user."""
 
