@@ -71,9 +71,12 @@ postgres:
 # the cores, REFLECTION_THREADS in tests/conftest.py), the longest modules first (tests/durations.json)
 # and a worker that runs out taking from another's queue (worksteal), then the few that time processes
 # side by side or bound a wait run alone, so that nothing else shares the machine with them.
+# The serial ones are collected from their files alone (1.5 s, not 10 s for the whole tree);
+# tests/unit/test_definitions.py fails when a test marked serial sits in a file not listed here.
+SERIAL_FILES := tests/e2e/test_concurrency.py tests/integration/test_store_lock.py
 test: $(TEST_STAMP) browser postgres
 	$(BIN)/pytest -n auto --maxprocesses 4 --dist worksteal -m 'not slow and not serial'
-	$(BIN)/pytest -m 'serial and not slow'
+	$(BIN)/pytest -m 'serial and not slow' $(SERIAL_FILES)
 
 # Also the slow tests that load or train the embedded model.
 test-all: $(TEST_STAMP) browser postgres

@@ -200,3 +200,15 @@ def test_the_commands_that_only_read_the_store_leave_dagster_unimported(tmp_path
     env["DAGSTER_HOME"] = str(tmp_path / "home")
     done = subprocess.run([sys.executable, "-W", "ignore", "-c", code], cwd=REPO, capture_output=True, text=True, env=env)
     assert done.stdout.splitlines()[-1:] == ["ok"], done.stdout + done.stderr
+
+
+def test_every_serial_test_is_in_a_file_make_test_runs_alone():
+    """`make test` collects the serial phase from SERIAL_FILES alone: a test marked serial
+    anywhere else would run in neither phase."""
+    import re
+
+    makefile = (REPO / "Makefile").read_text()
+    listed = set(re.search(r"^SERIAL_FILES := (.+)$", makefile, re.M).group(1).split())
+    marked = {str(path.relative_to(REPO)) for path in (REPO / "tests").rglob("test_*.py")
+              if re.search(r"pytest\.mark\.serial\b", path.read_text())}
+    assert marked and marked == listed
