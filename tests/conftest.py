@@ -94,8 +94,16 @@ def instance(home: Path):
 
 @pytest.fixture(scope="session")
 def shared_artifacts(tmp_path_factory):
-    """One conversion of the embedded model for every test that loads it."""
-    return tmp_path_factory.mktemp("artifacts")
+    """One conversion of the embedded model for every test that loads it, in every worker of
+    the run: each worker's artifacts folder is its own (adapters, staging), but their
+    `models` folder is one, and engines/models/loading.py converts in one process at a time
+    (the other waits and uses it: 12 s of CPU not spent twice)."""
+    folder = tmp_path_factory.mktemp("artifacts")
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        models = tmp_path_factory.getbasetemp().parent / "models"  # this run's, beside the workers' folders
+        models.mkdir(exist_ok=True)
+        (folder / "models").symlink_to(models, target_is_directory=True)
+    return folder
 
 
 def write_json(path: Path, rows: list) -> Path:

@@ -37,6 +37,32 @@ def test_the_embedded_model_answers_a_small_batch(home):
     assert all(r.cached for r in again.complete_many(requests)) and again.stats.sent == 0
 
 
+def test_a_conversion_under_way_in_another_process_is_waited_for_and_used(tmp_path):
+    """Two processes that need the embedded model at once convert it once: the second waits
+    on the lock file beside the folder and then uses the first's folder (without the lock it
+    converted too and failed to put its folder in place)."""
+    import fcntl
+    import subprocess
+    import sys
+    import time
+
+    target = tmp_path / "models" / f"{EMBEDDED_NAME}-{CONVERSION_VERSION}"
+    target.parent.mkdir(parents=True)
+    code = "import sys; from reflection_assets.engines.models.loading import embedded_model_dir; print(embedded_model_dir(sys.argv[1]))"
+    with open(target.parent / f".{target.name}.lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as the process converting holds it
+        child = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+        time.sleep(2.0)
+        assert child.poll() is None, child.communicate()
+        assert not [p for p in target.parent.iterdir() if p.name.startswith(".convert-")]  # not converting
+        target.mkdir()
+        (target / "config.json").write_text("{}")  # the other process's conversion, in place
+    out, err = child.communicate(timeout=60)
+    assert child.returncode == 0, err
+    assert out.strip() == str(target) and [p.name for p in target.iterdir()] == ["config.json"]
+
+
 def test_the_converted_embedded_model_answers_what_it_knows(shared_artifacts):
     """The conversion (loading.convert_llama_gguf) maps and de-permutes the GGUF's tensors
     itself: a wrong name or rotary order would still load, then answer nonsense."""

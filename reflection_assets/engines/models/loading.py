@@ -4,6 +4,7 @@ artifacts folder), a local folder, or a Hugging Face id already in the local cac
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import os
 import shutil
@@ -45,18 +46,21 @@ def embedded_gguf() -> Path:
 
 def embedded_model_dir(artifacts: str | Path) -> Path:
     """The embedded model as a safetensors folder, converted on first use (about 12 s on
-    2 cores; benchmarks/gguf_conversion.py)."""
+    2 cores; benchmarks/gguf_conversion.py). One process converts at a time (a lock file
+    beside the folder): another that needs the model meanwhile waits for that conversion
+    and uses it, rather than converting again and failing to put its folder in place."""
     target = Path(artifacts) / "models" / f"{EMBEDDED_NAME}-{CONVERSION_VERSION}"
     if (target / "config.json").exists():
         return target
-    with _convert_lock:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _convert_lock, open(target.parent / f".{target.name}.lock", "a+") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)  # released when the file closes
         if (target / "config.json").exists():
             return target
         from transformers import AutoTokenizer
 
         gguf = embedded_gguf()
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
         try:
             convert_llama_gguf(gguf, staging)
