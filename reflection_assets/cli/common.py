@@ -10,6 +10,8 @@ from reflection_assets.engines.store.location import StoreLocation
 
 @dataclass(frozen=True)
 class CommandStore(StoreLocation):
+    """The store's location with its dataset registry, as StorageResource gives both."""
+
     def registry(self) -> DatasetRegistry:
         return DatasetRegistry(self.db())
 
