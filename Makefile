@@ -31,8 +31,8 @@ $(STAMP): pyproject.toml
 	touch $@
 
 # What only the tests and the docs need (pytest, xdist, Playwright, mkdocs): not for the
-# demo. Without the demo's environment, everything goes in at once: pip resolves the
-# dependencies once (20 to 35 s of the set-up, waiting on the package index), not twice.
+# demo. Without the demo's environment, everything goes in in one pip run (with the demo's,
+# only what the tests add).
 $(TEST_STAMP): pyproject.toml
 	if [ -f $(STAMP) ] && [ ! pyproject.toml -nt $(STAMP) ]; then $(PIP) -e '.[test]'; \
 	else $(call install,[test]) && touch $(STAMP); fi
