@@ -209,3 +209,20 @@ def test_accelerate_launches_the_same_training(tmp_path, shared_artifacts, tiny_
     assert result["world_size"] == 2 and result["examples_per_process"] == [8, 8]
     # the tolerance of test_two_processes_train_what_one_does, for the same reason
     assert max(abs(a - b) for a, b in zip(alone["train_losses"], result["train_losses"], strict=True)) < 1e-3
+
+
+def test_the_trainer_process_imports_neither_datasets_nor_pandas_nor_pyarrow(tmp_path):
+    """The trainer's process (`python -m reflection_assets.train`) imports transformers'
+    Trainer without Hugging Face `datasets`, which would bring pandas and pyarrow (0.45 s of
+    each training process's start). The staging folder here has no spec: the process gets as
+    far as importing the Trainer, then fails on the spec."""
+    code = ("import sys\n"
+            "from reflection_assets.train import main\n"
+            "try:\n"
+            "    main([sys.argv[1]])\n"
+            "except BaseException:\n"
+            "    pass\n"
+            "print('transformers.trainer' in sys.modules, sorted(m for m in ('datasets', 'pandas', 'pyarrow') if sys.modules.get(m)))")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "train_spec.json")], capture_output=True,
+                          text=True, cwd=REPO, timeout=300)
+    assert done.stdout.splitlines()[-1:] == ["True []"], done.stdout + done.stderr
