@@ -146,3 +146,35 @@ def tiny_student(shared_artifacts) -> Path:
         LlamaForCausalLM(config).save_pretrained(folder)
         tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def raw_home(tmp_path_factory):
+    """`raw_home(dest, name, rows, shards)` makes `dest` a DAGSTER_HOME in which dataset `name`
+    is registered from `rows` and its raw_dataset materialized on `shards` shards, through the
+    `reflection` command as a user runs it (`datasets add`, then `run --select raw_dataset`).
+    Each distinct one is made once per worker and copied: the tests that start from it change
+    their copy, never the original, and do not pay the two commands again (4 to 6 s of CPU)."""
+    import shutil
+    import subprocess
+    import sys
+
+    made: dict[tuple, Path] = {}
+
+    def copy(dest: Path, name: str, rows: list[dict], shards: int) -> Path:
+        key = (name, json.dumps(rows, sort_keys=True), shards)
+        if key not in made:
+            folder = tmp_path_factory.mktemp(f"raw-{name}-")
+            env = dict(os.environ, DAGSTER_HOME=str(folder / "home"), REFLECTION_SHARDS=str(shards))
+            for variable in ("REFLECTION_DUCKDB", "REFLECTION_ARTIFACTS", "DAGSTER_PG_URL"):
+                env.pop(variable, None)
+            source = write_json(folder / f"{name}.json", rows)
+            for args in (("datasets", "add", name, str(source)), ("run", "--dataset", name, "--select", "raw_dataset")):
+                done = subprocess.run([os.path.join(os.path.dirname(sys.executable), "reflection"), *args],
+                                      capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+                assert done.returncode == 0, done.stdout + done.stderr
+            made[key] = folder / "home"
+        shutil.copytree(made[key], dest)
+        return dest
+
+    return copy

@@ -16,7 +16,7 @@ import dagster as dg
 import duckdb
 import pytest
 
-from tests.conftest import alpaca_rows, write_json
+from tests.conftest import alpaca_rows
 from tests.e2e.dagster_dev import BIN
 from tests.e2e.test_crash_recovery import make_env as crash_env
 from tests.e2e.test_crash_recovery import phase_one_outcomes, reflection, wait_for
@@ -32,11 +32,9 @@ def make_env(home: Path, server: FakeBatchAPI, **extra: str) -> dict:
     return env
 
 
-def register(tmp_path: Path, env: dict) -> None:
-    source = write_json(tmp_path / "b.json", alpaca_rows(RECORDS))
-    assert reflection("datasets", "add", "b", str(source), env=env).returncode == 0
-    raw = reflection("run", "--dataset", "b", "--select", "raw_dataset", env=env)
-    assert raw.returncode == 0, raw.stderr
+def register(raw_home, env: dict) -> None:
+    """Dataset `b` registered and its raw_dataset materialized in env's home (a copy)."""
+    raw_home(Path(env["DAGSTER_HOME"]), "b", alpaca_rows(RECORDS), int(env["REFLECTION_SHARDS"]))
 
 
 # A Dagster run materializing one stage for one shard, as the UI or the automation launches
@@ -59,7 +57,7 @@ COMMANDS = {
 
 
 @pytest.mark.parametrize("waiter", list(COMMANDS))
-def test_a_run_killed_mid_poll_re_attaches_to_its_batches(tmp_path, waiter):
+def test_a_run_killed_mid_poll_re_attaches_to_its_batches(tmp_path, raw_home, waiter):
     home = tmp_path / "home"
 
     def line_plan(custom_id, body, attempt):  # a few 5xx lines, fine when retried
@@ -67,7 +65,7 @@ def test_a_run_killed_mid_poll_re_attaches_to_its_batches(tmp_path, waiter):
 
     with FakeBatchAPI(responder=reflection_oracle.respond, line_plan=line_plan) as server:
         env = make_env(home, server)
-        register(tmp_path, env)
+        register(raw_home, env)
         server.hold = True  # the batch stays in_progress: the run polls
         child = subprocess.Popen(COMMANDS[waiter], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(lambda: server.created and server.retrieves >= 3, 120, "the run polling its batch")
@@ -104,12 +102,12 @@ def test_a_run_killed_mid_poll_re_attaches_to_its_batches(tmp_path, waiter):
     assert states == [("completed", True)] * (1 + len(retried))
 
 
-def test_offline_files_round_trip_through_vllm_run_batch_layout(tmp_path):
+def test_offline_files_round_trip_through_vllm_run_batch_layout(tmp_path, raw_home):
     home = tmp_path / "home"
     with FakeBatchAPI(responder=reflection_oracle.respond) as server:
         # No endpoint in the offline flow: nothing to probe, online mode.
         env = make_env(home, server, REFLECTION_ORACLE_MODE="online", REFLECTION_ORACLE_PROBE="off")
-        register(tmp_path, env)
+        register(raw_home, env)
         out = tmp_path / "requests.jsonl"
         exported = reflection("batch", "export", "--dataset", "b", "--stage", "reflected_instructions", "--out", str(out), env=env)
         assert exported.returncode == 0, exported.stderr
@@ -163,11 +161,11 @@ def test_offline_files_round_trip_through_vllm_run_batch_layout(tmp_path):
 
 
 @pytest.mark.parametrize("waiter", list(COMMANDS))
-def test_cancel_stops_a_datasets_live_batches_and_keeps_what_they_answered(tmp_path, waiter):
+def test_cancel_stops_a_datasets_live_batches_and_keeps_what_they_answered(tmp_path, raw_home, waiter):
     home = tmp_path / "home"
     with FakeBatchAPI(responder=reflection_oracle.respond) as server:
         env = make_env(home, server)
-        register(tmp_path, env)
+        register(raw_home, env)
         server.hold = True
         child = subprocess.Popen(COMMANDS[waiter], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         wait_for(lambda: server.created and server.retrieves >= 2, 120, "the run polling its batch")
@@ -190,7 +188,7 @@ def test_cancel_stops_a_datasets_live_batches_and_keeps_what_they_answered(tmp_p
     assert [r[0] for r in reasons] == [f"kept the original pair: cancelled by `reflection batch cancel` (batch {server.created[0]})"]
 
 
-def test_reflection_run_sends_a_whole_dataset_ahead_in_one_batch_per_wave(tmp_path):
+def test_reflection_run_sends_a_whole_dataset_ahead_in_one_batch_per_wave(tmp_path, raw_home):
     """Four shards, two stages: one batch per stage for the whole dataset (not one per shard
     and stage, each waited for in turn), and the materializations find every reply cached.
     Each batch is made inside a Dagster run of the `send_ahead` job, with the run's
@@ -198,7 +196,7 @@ def test_reflection_run_sends_a_whole_dataset_ahead_in_one_batch_per_wave(tmp_pa
     home = tmp_path / "home"
     with FakeBatchAPI(responder=reflection_oracle.respond) as server:
         env = make_env(home, server, REFLECTION_SHARDS="4")
-        register(tmp_path, env)
+        register(raw_home, env)
         run = reflection("run", "--dataset", "b", "--select", "reflected_instructions,reflected_responses,recycled_dataset", env=env)
         assert run.returncode == 0, run.stdout + run.stderr
         assert "batch mode: sending ahead what reflected_instructions needs for 4 shard(s) of b" in run.stderr

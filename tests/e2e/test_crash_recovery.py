@@ -17,7 +17,7 @@ import duckdb
 import pytest
 
 from reflection_assets.engines.store.ledger import ledger_folder, read_segment, segment_paths
-from tests.conftest import alpaca_rows, write_json
+from tests.conftest import alpaca_rows
 from tests.e2e.dagster_dev import BIN, dagster_dev, graphql, launch_partition_run
 from tests.fakes import reflection_oracle
 from tests.fakes.openai_server import FakeOpenAI
@@ -47,11 +47,9 @@ def reflection(*args: str, env: dict, timeout: float = 300) -> subprocess.Comple
     return subprocess.run([str(BIN / "reflection"), *args], capture_output=True, text=True, env=env, timeout=timeout)
 
 
-def prepare(tmp_path: Path, env: dict) -> None:
-    source = write_json(tmp_path / "h.json", alpaca_rows(RECORDS))
-    assert reflection("datasets", "add", "h", str(source), env=env).returncode == 0
-    raw = reflection("run", "--dataset", "h", "--select", "raw_dataset", env=env)
-    assert raw.returncode == 0, raw.stderr
+def prepare(raw_home, env: dict) -> None:
+    """Dataset `h` registered and its raw_dataset materialized in env's home (a copy)."""
+    raw_home(Path(env["DAGSTER_HOME"]), "h", alpaca_rows(RECORDS), int(env["REFLECTION_SHARDS"]))
 
 
 def wait_for(predicate, timeout: float, what: str, step: float = 0.2):
@@ -79,11 +77,11 @@ def scripted_server() -> FakeOpenAI:
     )
 
 
-def test_a_killed_reflection_run_is_recovered_by_the_next(tmp_path):
+def test_a_killed_reflection_run_is_recovered_by_the_next(tmp_path, raw_home):
     home = tmp_path / "home"
     with scripted_server() as server:
         env = make_env(home, server)
-        prepare(tmp_path, env)
+        prepare(raw_home, env)
         child = subprocess.Popen(
             [str(BIN / "reflection"), "run", "--dataset", "h", "--select", "reflected_instructions"],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -119,14 +117,14 @@ def test_a_killed_reflection_run_is_recovered_by_the_next(tmp_path):
     assert len(logged) == len(set(logged)) == len(stored) == RECORDS and set(logged) == stored
 
 
-def test_a_run_waiting_for_the_pool_reports_and_stops_on_sigterm(tmp_path):
+def test_a_run_waiting_for_the_pool_reports_and_stops_on_sigterm(tmp_path, raw_home):
     """student_scores runs a model, so it waits for the `gpu` pool; here the pool's one slot
     is claimed in the instance for a training step (a reproducible holder: a real one would
     train a model for the length of the test)."""
     home = tmp_path / "home"
     with scripted_server() as server:
         env = make_env(home, server)
-        prepare(tmp_path, env)
+        prepare(raw_home, env)
     with dg.DagsterInstance.from_config(str(home)) as instance:
         storage = instance.event_log_storage
         storage.set_concurrency_slots("gpu", 1)
@@ -164,11 +162,11 @@ def test_a_run_waiting_for_the_pool_reports_and_stops_on_sigterm(tmp_path):
 RUN_STATUS = '{ runOrError(runId: "%s") { ... on Run { status } } }'
 
 
-def test_a_killed_daemon_run_worker_is_failed_and_blocks_nothing(tmp_path):
+def test_a_killed_daemon_run_worker_is_failed_and_blocks_nothing(tmp_path, raw_home):
     home = tmp_path / "home"
     with scripted_server() as server:
         env = make_env(home, server)
-        prepare(tmp_path, env)
+        prepare(raw_home, env)
         with dagster_dev(env) as port:
             run_id = launch_partition_run(port, "recycle_shards", ["reflected_instructions"], {"dataset": "h", "shard": "00"})
             wait_for(lambda: server.answered >= RECORDS // 3, 180, "a third of the replies")

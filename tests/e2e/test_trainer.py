@@ -19,7 +19,7 @@ import yaml
 
 from reflection_assets.engines.student.adapters import adapter_id_for, data_fingerprint, held_out
 from reflection_assets.engines.student.training import TrainConfig
-from tests.conftest import REPO, alpaca_rows, write_json
+from tests.conftest import REPO, alpaca_rows
 
 BIN = os.path.dirname(sys.executable)
 ROWS = alpaca_rows(40, seed="t")
@@ -31,14 +31,12 @@ def reflection(*args: str, env: dict, timeout: float = 600) -> subprocess.Comple
 
 
 @pytest.fixture
-def env(tmp_path, shared_artifacts):
+def env(tmp_path, shared_artifacts, raw_home):
     """A home with dataset `t` registered and its raw_dataset materialized (what the
-    baseline adapter trains on: no oracle needed)."""
-    env = dict(os.environ, DAGSTER_HOME=str(tmp_path / "home"), REFLECTION_ARTIFACTS=str(shared_artifacts))
+    baseline adapter trains on: no oracle needed), a copy of one made once."""
+    home = raw_home(tmp_path / "home", "t", ROWS, int(os.environ["REFLECTION_SHARDS"]))
+    env = dict(os.environ, DAGSTER_HOME=str(home), REFLECTION_ARTIFACTS=str(shared_artifacts))
     env.pop("REFLECTION_DUCKDB", None)
-    assert reflection("datasets", "add", "t", str(write_json(tmp_path / "t.json", ROWS)), env=env).returncode == 0
-    raw = reflection("run", "--dataset", "t", "--select", "raw_dataset", env=env)
-    assert raw.returncode == 0, raw.stdout + raw.stderr
     return env
 
 
