@@ -78,7 +78,9 @@ def test_a_wait_that_runs_out_names_the_holder(store):
         with pytest.raises(StorageError, match=rf"held by process {holder.pid} for over 1 s.*stuck: stop it"):
             with Database(store, lock_timeout_s=0.6).connect():
                 pass
+        assert holder.is_alive()  # it held the store the whole wait
     finally:
+        holder.terminate()  # not the rest of its 5 s: nothing is left to see
         holder.join(30)
 
 
