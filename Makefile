@@ -10,7 +10,7 @@ export DAGSTER_HOME ?= $(CURDIR)/dagster_home
 .PHONY: setup browser postgres demo test test-all ui docs bench clean
 
 # uv installs what pip would, from the indexes, links and constraints of pip's own
-# configuration (UV_FROM_PIP below): the packages in about 17 s where pip takes 45, and the
+# configuration (UV_FROM_PIP below): the packages in about 17 s where pip took 36, and the
 # whole set-up of `make test` in 59 s against 68 s and 90 s, the same 139 packages at the same
 # versions (benchmarks/setup_install.py: fresh clones on 2 cores, alternated, uv's cache
 # empty). uv keeps its downloads in its cache (~/.cache/uv, `uv cache clean`). Where uv
