@@ -92,7 +92,7 @@ def test_four_shards_in_four_processes_run_side_by_side_and_readers_answer(tmp_p
         env = environment(tmp_path, server)
         for name, rows in (("solo", solo), ("four", four)):
             reflection("datasets", "add", name, str(write_json(tmp_path / f"{name}.json", rows)), env=env)
-            reflection("run", "--dataset", name, "--select", "raw_dataset", env=env)
+        reflection("run", "--select", "raw_dataset", env=env)  # both datasets, one process
 
         started = time.monotonic()
         reflection("run", "--dataset", "solo", "--shard", "00", "--select", "reflected_instructions", env=env)
