@@ -19,11 +19,13 @@ export DAGSTER_HOME ?= $(CURDIR)/dagster_home
 # wheel goes in with --no-deps (its `llm` framework is not needed). Nothing is byte-compiled
 # while it is installed: compileall then compiles every file on every core (a file that
 # does not compile on this Python is skipped, as pip skips it: torch ships one in 3.12
-# syntax).
+# syntax), but for the packages' own test suites (tests/ and test/ folders: pandas',
+# sympy's, networkx's, numpy's; 2,766 of 18,254 files), which nothing here imports:
+# 21.5 s against 26.7 s on 2 cores.
 # $(call install,EXTRAS) makes the whole environment.
 PIP := $(BIN)/pip install --quiet
 UV := $(BIN)/python -c "$$UV_FROM_PIP"
-COMPILE := $(BIN)/python -m compileall -qq -j 0
+COMPILE := $(BIN)/python -m compileall -qq -j 0 -x 'site-packages/.+/tests?/'
 SITE := $(VENV)/lib/python*/site-packages
 install = $(PYTHON) -m venv $(VENV) && \
 	{ { $(PIP) uv && $(UV) --upgrade-package pip pip torch==2.13.0 -e '.$(1)' && \
