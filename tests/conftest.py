@@ -154,7 +154,9 @@ def raw_home(tmp_path_factory):
     is registered from `rows` and its raw_dataset materialized on `shards` shards, through the
     `reflection` command as a user runs it (`datasets add`, then `run --select raw_dataset`).
     Each distinct one is made once per worker and copied: the tests that start from it change
-    their copy, never the original, and do not pay the two commands again (4 to 6 s of CPU)."""
+    their copy, never the original, and do not pay the two commands again (4 to 6 s of CPU).
+    The registered source file and the run logs' paths stay those of the original folder: the
+    copies share that file read-only (a test that changes its source registers its own)."""
     import shutil
     import subprocess
     import sys
